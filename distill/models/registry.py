@@ -1,0 +1,69 @@
+"""The model registry and ``create_model``.
+
+Zoo models register a builder function with :func:`register_model`; any timm
+architecture is available as ``timm/<name>``. Builders take ``num_classes`` and
+return an ``nn.Module`` whose ``forward(x, features=True)`` returns a
+:class:`~distill.models.features.FeatureRecord`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from distill.errors import UnknownNameError
+from distill.registry import Registry, did_you_mean
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+TIMM_PREFIX = "timm/"
+
+register_model = MODELS.register
+
+
+def list_models() -> list[str]:
+    """Names of the zoo's own architectures (timm's are reachable as ``timm/<name>``)."""
+    return MODELS.names()
+
+
+def is_model(name: str) -> bool:
+    """Whether ``create_model(name)`` would find an architecture."""
+    if name.startswith(TIMM_PREFIX):
+        from distill.models.timm_adapter import timm_model_exists
+
+        return timm_model_exists(name[len(TIMM_PREFIX):])
+    return name in MODELS
+
+
+def create_model(
+    name: str,
+    num_classes: int = 100,
+    checkpoint: str | Path | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build a model by name, optionally loading weights strictly from a local checkpoint.
+
+    Args:
+        name: a zoo name (see :func:`list_models`) or ``timm/<timm model name>``.
+        num_classes: size of the classifier.
+        checkpoint: a local file holding a state_dict, or a dict with the
+            state_dict under ``model`` (the RepDistiller/mdistiller format).
+        kwargs: passed to the builder.
+    """
+    if name.startswith(TIMM_PREFIX):
+        from distill.models.timm_adapter import create_timm_model
+
+        model = create_timm_model(name[len(TIMM_PREFIX):], num_classes=num_classes, **kwargs)
+    else:
+        if name not in MODELS:
+            raise UnknownNameError(
+                f"unknown model {name!r}.{did_you_mean(name, list_models())} "
+                f"Zoo models: {', '.join(list_models())}; any timm model as 'timm/<name>'."
+            )
+        model = MODELS.get(name)(num_classes=num_classes, **kwargs)
+    if checkpoint is not None:
+        from distill.models.checkpoint import load_weights
+
+        load_weights(model, checkpoint)
+    return model
