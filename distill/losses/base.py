@@ -1,0 +1,84 @@
+"""The contract every distillation loss follows.
+
+A loss is an ``nn.Module`` built from its recipe parameters and a
+:class:`LossContext` (what the problem looks like), and called with the
+student's and the teacher's :class:`~distill.models.FeatureRecord` and the
+:class:`Batch`. It returns a scalar; the trainer multiplies it by the term's
+weight. Modules a loss owns (projection heads, regressors) train with the
+student: the loss lists them through :meth:`DistillLoss.trainable_parameters`.
+State that is not trained (memory banks) lives in buffers and is checkpointed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Iterator
+
+from torch import Tensor, nn
+
+from distill.models.features import FeatureRecord, FeatureShapes
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """What a loss may know when it is built.
+
+    Attributes:
+        student: per-sample feature shapes of the student (from one dry forward pass).
+        teacher: the same for the teacher, or None when training without one.
+        num_classes: number of classes of the task.
+        dataset_size: number of training samples (memory banks are this long).
+        labels: the training labels, LongTensor[dataset_size] (class-aware sampling).
+        student_arch: the student's architecture name.
+        teacher_arch: the teacher's architecture name, or None.
+    """
+
+    student: FeatureShapes
+    teacher: FeatureShapes | None
+    num_classes: int
+    dataset_size: int
+    labels: Tensor
+    student_arch: str = ""
+    teacher_arch: str | None = None
+
+
+@dataclass
+class Batch:
+    """One training batch: images, their labels and their dataset indices."""
+
+    inputs: Tensor
+    labels: Tensor
+    indices: Tensor
+
+
+class DistillLoss(nn.Module):
+    """Base class of registered losses.
+
+    Subclasses take ``context`` first and then their parameters as keyword-only
+    arguments with type annotations and defaults: the recipe's keys are checked
+    against that signature before training starts.
+    """
+
+    requires_teacher: ClassVar[bool] = True
+
+    def __init__(self, context: LossContext) -> None:
+        super().__init__()
+        self.context = context
+
+    def forward(self, student: FeatureRecord, teacher: FeatureRecord | None, batch: Batch) -> Tensor:
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters optimised together with the student (by default: all that require grad)."""
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+def as_scalar(value: Tensor) -> Tensor:
+    """Squeeze a 1-element tensor to 0-d (some formulations naturally produce shape [1])."""
+    return value.reshape(()) if value.numel() == 1 else value
+
+
+__all__ = ["Batch", "DistillLoss", "LossContext", "as_scalar"]

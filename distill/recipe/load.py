@@ -1,0 +1,192 @@
+"""From YAML files (plus overrides) to a validated :class:`Recipe`, and back.
+
+Everything a recipe names (models, dataset, loss types and their parameters) is
+checked here, before any work starts, so a typo costs a second, not an epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterable
+
+from distill.errors import RecipeError, UnknownNameError
+from distill.recipe.compose import ComposedRecipe, KeyPath, apply_overrides, compose_file, format_key
+from distill.recipe.schema import LossSpec, Recipe
+from distill.recipe.validate import ValidationIssue, build_dataclass, check_value
+from distill.recipe.yaml_io import dump_yaml
+
+LOSS_RESERVED_KEYS = ("type", "weight")
+
+
+def _fail(composed: ComposedRecipe, path: KeyPath, message: str) -> RecipeError:
+    return RecipeError(f"{composed.source_of(path)}: {format_key(path)}: {message}")
+
+
+def recipe_name_from_path(path: Path) -> str:
+    """``recipes/cifar100/kd/a-b.yaml`` → ``cifar100/kd/a-b``; elsewhere the file stem."""
+    parts = path.resolve().with_suffix("").parts
+    if "recipes" in parts:
+        index = len(parts) - 1 - parts[::-1].index("recipes")
+        if index < len(parts) - 1:
+            return "/".join(parts[index + 1 :])
+    return path.stem
+
+
+def _parse_losses(composed: ComposedRecipe) -> dict[str, LossSpec]:
+    from distill.losses import LOSSES, loss_parameters
+
+    raw = composed.data.get("losses")
+    if raw is None:
+        raise _fail(composed, ("losses",), "required key is missing: name at least one loss term, e.g. 'ce: {weight: 1.0}'")
+    if not isinstance(raw, dict):
+        raise _fail(composed, ("losses",), f"expected a mapping of term name → parameters, got {raw!r}")
+    specs: dict[str, LossSpec] = {}
+    for name, entry in raw.items():
+        path: KeyPath = ("losses", str(name))
+        if entry is None:
+            continue  # `losses.NAME=null` removes an inherited term
+        if not isinstance(entry, dict):
+            raise _fail(composed, path, f"expected a mapping with 'weight' and the loss's parameters, got {entry!r}")
+        loss_type = entry.get("type", name)
+        if not isinstance(loss_type, str):
+            raise _fail(composed, (*path, "type"), f"expected a loss name (str), got {loss_type!r}")
+        try:
+            loss_cls = LOSSES.get(loss_type)
+        except UnknownNameError as error:
+            key = (*path, "type") if "type" in entry else path
+            raise _fail(composed, key, str(error)) from None
+        if "weight" not in entry:
+            raise _fail(composed, (*path, "weight"), "required key is missing (expected float): the term's weight in the total loss")
+        try:
+            weight = check_value(entry["weight"], float, (*path, "weight"))
+            accepted = loss_parameters(loss_cls)
+            params: dict[str, Any] = {}
+            for key, value in entry.items():
+                if key in LOSS_RESERVED_KEYS:
+                    continue
+                if key not in accepted:
+                    from distill.registry import did_you_mean
+
+                    valid = [*LOSS_RESERVED_KEYS, *accepted]
+                    raise ValidationIssue(
+                        (*path, key),
+                        f"unknown parameter of loss {loss_type!r}.{did_you_mean(key, valid)} "
+                        f"Valid keys: {', '.join(valid)}",
+                    )
+                params[key] = check_value(value, accepted[key].annotation, (*path, key))
+            for key, parameter in accepted.items():
+                if parameter.required and key not in params:
+                    raise ValidationIssue((*path, key), f"required parameter of loss {loss_type!r} is missing")
+        except ValidationIssue as issue:
+            raise _fail(composed, issue.path, issue.message) from None
+        specs[str(name)] = LossSpec(name=str(name), type=loss_type, weight=weight, params=params)
+    if not specs:
+        raise _fail(composed, ("losses",), "no loss term left: name at least one, e.g. 'ce: {weight: 1.0}'")
+    return specs
+
+
+def _cross_check(recipe: Recipe, composed: ComposedRecipe) -> None:
+    from distill.data import list_datasets
+    from distill.losses import LOSSES
+    from distill.models import is_model, list_models
+    from distill.registry import did_you_mean
+
+    for role, spec in (("student", recipe.student), ("teacher", recipe.teacher)):
+        if spec is not None and not is_model(spec.arch):
+            raise _fail(
+                composed,
+                (role, "arch"),
+                f"unknown model {spec.arch!r}.{did_you_mean(spec.arch, list_models())} "
+                f"Zoo models: {', '.join(list_models())}; any timm model as 'timm/<name>'",
+            )
+    if recipe.data.dataset not in list_datasets():
+        raise _fail(
+            composed,
+            ("data", "dataset"),
+            f"unknown dataset {recipe.data.dataset!r}.{did_you_mean(recipe.data.dataset, list_datasets())} "
+            f"Available: {', '.join(list_datasets())}",
+        )
+    if recipe.teacher is None:
+        for spec in recipe.losses.values():
+            if LOSSES.get(spec.type).requires_teacher:
+                raise _fail(
+                    composed,
+                    ("losses", spec.name),
+                    f"loss {spec.type!r} needs a teacher, but the recipe has no 'teacher:' section; "
+                    f"add one (teacher.arch, teacher.checkpoint) or remove this term",
+                )
+    elif recipe.teacher.checkpoint is None:
+        raise _fail(
+            composed,
+            ("teacher", "checkpoint"),
+            "a teacher needs its trained weights: set teacher.checkpoint=PATH "
+            "(a RepDistiller/mdistiller ckpt_epoch_240.pth or a distill run's checkpoint)",
+        )
+    positive = {
+        ("data", "batch_size"): recipe.data.batch_size,
+        ("data", "test_batch_size"): recipe.data.test_batch_size,
+        ("schedule", "epochs"): recipe.schedule.epochs,
+        ("log_every",): recipe.log_every,
+    }
+    for path, value in positive.items():
+        if value <= 0:
+            raise _fail(composed, path, f"must be positive, got {value}")
+    if recipe.data.num_workers < 0:
+        raise _fail(composed, ("data", "num_workers"), f"must be 0 or more, got {recipe.data.num_workers}")
+    if recipe.optimizer.lr <= 0:
+        raise _fail(composed, ("optimizer", "lr"), f"must be positive, got {recipe.optimizer.lr}")
+    if recipe.schedule.milestones != sorted(recipe.schedule.milestones):
+        raise _fail(composed, ("schedule", "milestones"), f"must be increasing, got {recipe.schedule.milestones}")
+
+
+def validate_composed(composed: ComposedRecipe, default_name: str = "run") -> Recipe:
+    """Check a composed mapping against the schema and every registry."""
+    data = dict(composed.data)
+    losses = _parse_losses(composed)
+    data["losses"] = {}
+    data.setdefault("name", default_name)
+    try:
+        recipe = build_dataclass(Recipe, data, ())
+    except ValidationIssue as issue:
+        raise _fail(composed, issue.path, issue.message) from None
+    recipe.losses = losses
+    _cross_check(recipe, composed)
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
+    """Read, compose, override and validate a recipe file."""
+    path = Path(path)
+    composed = apply_overrides(compose_file(path), list(overrides))
+    return validate_composed(composed, default_name=recipe_name_from_path(path))
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>", overrides: Iterable[str] = ()) -> Recipe:
+    """Validate a recipe given as a Python mapping (used by the quickstart and tests)."""
+    composed = ComposedRecipe(data={}, root_file=source)
+    from distill.recipe.compose import deep_merge
+
+    deep_merge(composed.data, data, source, composed.sources)
+    apply_overrides(composed, list(overrides))
+    return validate_composed(composed)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The fully resolved recipe as plain data, in the YAML layout (losses flattened)."""
+    data = dataclasses.asdict(recipe)
+    data["losses"] = {
+        spec.name: {
+            **({"type": spec.type} if spec.type != spec.name else {}),
+            "weight": spec.weight,
+            **spec.params,
+        }
+        for spec in recipe.losses.values()
+    }
+    ordered = {key: data.pop(key) for key in ("name", "description")}
+    ordered.update(data)
+    return ordered
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return dump_yaml(recipe_to_dict(recipe))

@@ -1,0 +1,83 @@
+"""The recipe schema: what a YAML recipe may contain, with types and defaults.
+
+Defaults are the reference CIFAR-100 settings of the CRD paper (RepDistiller):
+SGD with momentum 0.9 and weight decay 5e-4, lr 0.05, 240 epochs with ×0.1 steps
+at epochs 150/180/210, batch 64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass
+class ModelSpec:
+    """A network: its architecture name and, optionally, weights to load strictly."""
+
+    arch: str
+    checkpoint: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSpec:
+    """Where the data comes from and how it is batched."""
+
+    dataset: str = "cifar100"
+    root: str = "data"
+    download: bool = False
+    verify: bool = True
+    batch_size: int = 64
+    test_batch_size: int = 64
+    num_workers: int = 2
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerSpec:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+
+
+@dataclass
+class ScheduleSpec:
+    """Step decay: lr × gamma at each milestone epoch (epochs counted from 1)."""
+
+    epochs: int = 240
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    gamma: float = 0.1
+
+
+@dataclass
+class LossSpec:
+    """One term of the objective: ``weight × loss``; ``type`` defaults to the term's name."""
+
+    name: str
+    type: str
+    weight: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    """A complete, validated training recipe."""
+
+    student: ModelSpec
+    losses: dict[str, LossSpec]
+    name: str = "run"
+    description: str = ""
+    teacher: ModelSpec | None = None
+    data: DataSpec = field(default_factory=DataSpec)
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    seed: int = 0
+    deterministic: bool = False
+    precision: Precision = "fp32"
+    log_every: int = 50
+    output_dir: str = "runs"

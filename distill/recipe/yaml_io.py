@@ -1,0 +1,60 @@
+"""YAML reading and writing for recipes: safe loading with readable errors.
+
+PyYAML follows YAML 1.1, where ``5e-4`` is a string (a float needs a dot). Recipes
+are full of such numbers, so the loader here also reads exponent-only floats.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill.errors import RecipeError
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """A safe loader that also reads ``1e-4``-style numbers as floats."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text; a syntax error names the source, line and column."""
+    try:
+        return yaml.load(text, Loader=RecipeLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise RecipeError(f"{where}: invalid YAML: {error.problem or error}") from None
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{source}: invalid YAML: {error}") from None
+
+
+def read_yaml_file(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file {path} does not exist") from None
+    except OSError as error:
+        raise RecipeError(f"recipe file {path} cannot be read: {error}") from None
+    return parse_yaml(text, str(path))
+
+
+def dump_yaml(data: Any) -> str:
+    """Block-style YAML that keeps the key order of ``data``."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)

@@ -1,0 +1,224 @@
+"""Recipe composition, overrides, and every kind of validation error with its message."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from distill.errors import RecipeError
+from distill.recipe import load_recipe, recipe_from_dict, recipe_to_yaml
+from distill.recipe.compose import compose_file
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def recipe_tree(tmp_path: Path) -> Path:
+    write(
+        tmp_path / "bases" / "data.yaml",
+        """
+        data: {dataset: cifar100, root: /data, batch_size: 64, options: {a: 1}}
+        optimizer: {lr: 0.05, weight_decay: 5e-4}
+        """,
+    )
+    write(
+        tmp_path / "bases" / "kd.yaml",
+        """
+        losses:
+          ce: {weight: 0.1}
+          kd: {weight: 0.9, temperature: 4}
+        """,
+    )
+    write(
+        tmp_path / "exp" / "run.yaml",
+        """
+        _base_: [../bases/data.yaml, ../bases/kd.yaml]
+        student: {arch: resnet8x4}
+        teacher: {arch: resnet32x4, checkpoint: t.pth}
+        data: {batch_size: 32, options: {b: 2}}
+        """,
+    )
+    return tmp_path / "exp" / "run.yaml"
+
+
+def test_bases_merge_deeply_and_later_wins(recipe_tree):
+    recipe = load_recipe(recipe_tree)
+    assert recipe.data.batch_size == 32  # the including file wins
+    assert recipe.data.root == "/data"  # kept from the base
+    assert recipe.data.options == {"a": 1, "b": 2}  # mappings merge
+    assert recipe.optimizer.weight_decay == pytest.approx(5e-4)  # exponent-only float read as float
+    assert recipe.losses["kd"].params == {"temperature": 4.0}
+    assert recipe.losses["kd"].type == "kd" and recipe.losses["kd"].weight == 0.9
+    assert recipe.name == "run"
+
+
+def test_overrides_are_typed_as_yaml(recipe_tree):
+    recipe = load_recipe(
+        recipe_tree,
+        ["losses.kd.weight=0.5", "schedule.milestones=[1, 2]", "data.download=true", "teacher.checkpoint=other.pth"],
+    )
+    assert recipe.losses["kd"].weight == 0.5
+    assert recipe.schedule.milestones == [1, 2]
+    assert recipe.data.download is True
+    assert recipe.teacher.checkpoint == "other.pth"
+
+
+def test_two_terms_of_one_type_coexist(recipe_tree):
+    recipe = load_recipe(recipe_tree, ["losses.kd_soft={type: kd, weight: 0.1, temperature: 8}"])
+    assert recipe.losses["kd_soft"].type == "kd"
+    assert recipe.losses["kd_soft"].params == {"temperature": 8.0}
+    assert recipe.losses["kd"].params == {"temperature": 4.0}
+
+
+def test_a_term_can_be_removed_and_the_teacher_dropped(recipe_tree):
+    recipe = load_recipe(recipe_tree, ["losses.kd=null", "teacher=null", "losses.ce.weight=1"])
+    assert list(recipe.losses) == ["ce"] and recipe.teacher is None
+
+
+def test_relative_bases_resolve_against_the_including_file(recipe_tree, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path / "bases")  # somewhere else entirely
+    assert load_recipe(recipe_tree).student.arch == "resnet8x4"
+
+
+def test_resolved_recipe_round_trips(recipe_tree, tmp_path):
+    recipe = load_recipe(recipe_tree, ["losses.kd_soft={type: kd, weight: 0.1}"])
+    resolved = write(tmp_path / "resolved.yaml", recipe_to_yaml(recipe))
+    again = load_recipe(resolved)
+    assert again == recipe
+
+
+def test_name_comes_from_the_path_under_recipes():
+    recipe = load_recipe(REPO / "recipes/cifar100/kd/resnet32x4-resnet8x4.yaml")
+    assert recipe.name == "cifar100/kd/resnet32x4-resnet8x4"
+
+
+def error_of(path: Path, overrides=()) -> str:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, overrides)
+    return str(info.value)
+
+
+def test_unknown_key_names_file_key_and_suggestion(recipe_tree):
+    message = error_of(recipe_tree, ["optimizer.weight_decy=1"])
+    assert "command-line override" in message and "optimizer.weight_decy" in message
+    assert "Did you mean 'weight_decay'" in message
+
+
+def test_unknown_key_in_a_base_names_the_base_file(recipe_tree):
+    base = recipe_tree.parent.parent / "bases" / "data.yaml"
+    base.write_text(base.read_text() + "schedul: {epochs: 3}\n")
+    message = error_of(recipe_tree)
+    assert str(base) in message and "schedul" in message and "'schedule'" in message
+
+
+def test_wrong_type_says_what_was_expected(recipe_tree):
+    message = error_of(recipe_tree, ["data.batch_size=big"])
+    assert "data.batch_size" in message and "expected int" in message and "'big'" in message
+
+
+def test_bool_is_not_an_int(recipe_tree):
+    assert "expected int" in error_of(recipe_tree, ["seed=true"])
+
+
+def test_missing_required_field(recipe_tree):
+    message = error_of(recipe_tree, ["student=null"])
+    assert "student" in message and "required" in message
+
+
+def test_unknown_model_suggests_names(recipe_tree):
+    message = error_of(recipe_tree, ["student.arch=resnet8x5"])
+    assert "student.arch" in message and "resnet8x4" in message
+
+
+def test_unknown_loss_type_and_parameter(recipe_tree):
+    assert "Did you mean 'kd'" in error_of(recipe_tree, ["losses.soft={type: kdd, weight: 1}"])
+    message = error_of(recipe_tree, ["losses.kd.temprature=2"])
+    assert "losses.kd.temprature" in message and "'temperature'" in message
+
+
+def test_loss_weight_is_required(recipe_tree):
+    assert "losses.x.weight" in error_of(recipe_tree, ["losses.x={type: ce}"])
+
+
+def test_unknown_dataset(recipe_tree):
+    assert "Did you mean" in error_of(recipe_tree, ["data.dataset=cifar101"])
+    assert "'cifar100'" in error_of(recipe_tree, ["data.dataset=cifar101"])
+
+
+def test_teacher_losses_need_a_teacher(recipe_tree):
+    message = error_of(recipe_tree, ["teacher=null"])
+    assert "losses.kd" in message and "needs a teacher" in message
+
+
+def test_teacher_needs_a_checkpoint(recipe_tree):
+    assert "teacher.checkpoint" in error_of(recipe_tree, ["teacher.checkpoint=null"])
+
+
+def test_literal_choices(recipe_tree):
+    assert "one of 'fp32', 'bf16', 'fp16'" in error_of(recipe_tree, ["precision=fp8"])
+
+
+def test_values_must_be_sensible(recipe_tree):
+    assert "must be positive" in error_of(recipe_tree, ["data.batch_size=0"])
+    assert "increasing" in error_of(recipe_tree, ["schedule.milestones=[5, 2]"])
+
+
+def test_invalid_yaml_names_line_and_column(tmp_path):
+    bad = write(tmp_path / "bad.yaml", "student: {arch: resnet8\nlosses: [\n")
+    message = error_of(bad)
+    assert str(bad) in message and "invalid YAML" in message and ":2:7:" in message
+
+
+def test_base_cycle_and_missing_base(tmp_path):
+    a = write(tmp_path / "a.yaml", "_base_: [b.yaml]\n")
+    write(tmp_path / "b.yaml", "_base_: [a.yaml]\n")
+    assert "cycle" in error_of(a)
+    missing = write(tmp_path / "m.yaml", "_base_: [nope.yaml]\n")
+    assert "nope.yaml" in error_of(missing)
+
+
+def test_missing_file_and_bad_override_syntax(tmp_path, recipe_tree):
+    assert "does not exist" in error_of(tmp_path / "absent.yaml")
+    assert "key.path=value" in error_of(recipe_tree, ["no_equals_sign"])
+
+
+def test_sources_are_tracked(recipe_tree):
+    composed = compose_file(recipe_tree)
+    assert composed.source_of(("data", "root")).endswith("data.yaml")
+    assert composed.source_of(("data", "batch_size")).endswith("run.yaml")
+    assert composed.source_of(("losses", "kd", "temperature")).endswith("kd.yaml")
+
+
+def test_recipe_from_dict():
+    recipe = recipe_from_dict({"student": {"arch": "resnet8"}, "losses": {"ce": {"weight": 1}}})
+    assert recipe.teacher is None and recipe.losses["ce"].weight == 1.0
+    with pytest.raises(RecipeError, match="<recipe>: losses"):
+        recipe_from_dict({"student": {"arch": "resnet8"}})
+
+
+SHIPPED = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "_base_" not in p.parts)
+
+
+def test_the_shipped_recipe_set_is_complete():
+    names = {str(p.relative_to(REPO / "recipes")) for p in SHIPPED}
+    assert len([n for n in names if n.startswith("cifar100/teachers/")]) == 6
+    assert len([n for n in names if n.startswith("cifar100/vanilla/")]) == 13
+    assert len([n for n in names if n.startswith("cifar100/kd/")]) == 13
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_recipe_validates(path):
+    recipe = load_recipe(path)
+    assert recipe.description, "every shipped recipe describes itself in one line"
+    assert recipe.schedule.epochs == 240 and recipe.schedule.milestones == [150, 180, 210]
+    assert recipe.data.batch_size == 64
+    small = recipe.student.arch in ("MobileNetV2", "ShuffleV1", "ShuffleV2")
+    assert recipe.optimizer.lr == (0.01 if small else 0.05)

@@ -1,0 +1,90 @@
+"""Write the per-task recipe files of one method for the 13 CIFAR-100 tasks (and the teacher recipes).
+
+Each recipe is a few lines that compose shared fragments from ``recipes/cifar100/_base_``:
+the dataset and schedule, the teacher (``_base_/teacher/<arch>.yaml``) and the method
+(``_base_/<method>.yaml``). A new method needs its fragment and one entry in METHODS.
+
+    python tools/write_task_recipes.py            # every method below, plus teachers
+    python tools/write_task_recipes.py kd         # one method
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from distill.benchmark.tasks import SMALL_LR_STUDENTS, TASKS, TEACHERS  # noqa: E402
+
+RECIPES = ROOT / "recipes" / "cifar100"
+
+# method → (fragment under _base_, uses the teacher, one-line description template)
+METHODS: dict[str, tuple[str, bool, str]] = {
+    "vanilla": ("ce", False, "student alone: {student} trained with CE only (the baseline of task {task})"),
+    "kd": ("kd", True, "KD (Hinton): {teacher} → {student}, 0.1·CE + 0.9·KD, T=4"),
+}
+
+TEACHER_CHECKPOINT = "teachers/{arch}_vanilla/ckpt_epoch_240.pth"
+
+
+def teacher_fragment(arch: str) -> str:
+    return (
+        f"# The {arch} teacher. The default path follows RepDistiller's download layout\n"
+        f"# (save/models/{arch}_vanilla/ckpt_epoch_240.pth); override with teacher.checkpoint=PATH.\n"
+        f"teacher:\n  arch: {arch}\n  checkpoint: {TEACHER_CHECKPOINT.format(arch=arch)}\n"
+    )
+
+
+def lr_lines(student: str) -> str:
+    if student not in SMALL_LR_STUDENTS:
+        return ""
+    return f"optimizer:\n  lr: 0.01   # the reference's lr for {', '.join(SMALL_LR_STUDENTS)} students\n"
+
+
+def task_recipe(method: str, teacher: str, student: str) -> str:
+    fragment, uses_teacher, template = METHODS[method]
+    bases = ["../_base_/cifar100.yaml", f"../_base_/{fragment}.yaml"]
+    if uses_teacher:
+        bases.insert(1, f"../_base_/teacher/{teacher}.yaml")
+    description = template.format(teacher=teacher, student=student, task=f"{teacher}-{student}")
+    return (
+        f"_base_: [{', '.join(bases)}]\n"
+        f'description: "{description}"\n'
+        f"student:\n  arch: {student}\n" + lr_lines(student)
+    )
+
+
+def teacher_recipe(arch: str) -> str:
+    return (
+        "_base_: [../_base_/cifar100.yaml, ../_base_/ce.yaml]\n"
+        f'description: "teacher: train {arch} on CIFAR-100 from scratch with CE (reference schedule)"\n'
+        f"student:\n  arch: {arch}\n" + lr_lines(arch)
+    )
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("methods", nargs="*", help=f"methods to write (default: all of {', '.join(METHODS)})")
+    args = parser.parse_args()
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    for arch in TEACHERS:
+        write(RECIPES / "_base_" / "teacher" / f"{arch}.yaml", teacher_fragment(arch))
+        write(RECIPES / "teachers" / f"{arch}.yaml", teacher_recipe(arch))
+    for method in args.methods or list(METHODS):
+        for task in TASKS:
+            write(RECIPES / method / f"{task.name}.yaml", task_recipe(method, task.teacher, task.student))
+    print(f"wrote recipes under {RECIPES}")
+
+
+if __name__ == "__main__":
+    main()
