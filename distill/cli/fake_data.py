@@ -1,0 +1,29 @@
+"""``distill fake-cifar ROOT``: write a small fake CIFAR-100/10 in the real on-disk format."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "fake-cifar",
+        help="write a fake CIFAR-100 (or -10) in torchvision's on-disk format, for tests and dry runs",
+    )
+    parser.add_argument("root", help="data root; the files go to ROOT/cifar-100-python (or cifar-10-batches-py)")
+    parser.add_argument("--train", type=int, default=500, help="training images (default 500)")
+    parser.add_argument("--test", type=int, default=100, help="test images (default 100)")
+    parser.add_argument("--classes", type=int, choices=(10, 100), default=100, help="100 (CIFAR-100) or 10")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from distill.data import write_fake_cifar
+
+    path = write_fake_cifar(args.root, num_classes=args.classes, train_size=args.train, test_size=args.test, seed=args.seed)
+    print(
+        f"wrote a FAKE CIFAR-{args.classes} ({args.train} train / {args.test} test images) to {path}; "
+        f"its md5 differs from the real files, so recipes need data.verify=false to read it"
+    )
+    return 0

@@ -1,0 +1,57 @@
+"""``distill``: the command-line entry point. Each subcommand lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from distill import __version__
+from distill.cli import eval as eval_command
+from distill.cli import fake_data, quickstart, recipes, train
+from distill.errors import DistillError
+
+SUBCOMMANDS = (train, eval_command, recipes, quickstart, fake_data)
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distill",
+        description="Knowledge distillation with contrastive objectives (CRD, ML-CPC, KD, ...).",
+    )
+    parser.add_argument("--version", action="version", version=f"distill {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in SUBCOMMANDS:
+        module.add_parser(subparsers)
+    return parser
+
+
+def _shutdown_distributed() -> None:
+    """Destroy the process group (if any) so multi-process runs exit cleanly."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except DistillError as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"distill {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"distill {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        _shutdown_distributed()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

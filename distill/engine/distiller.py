@@ -1,0 +1,46 @@
+"""The trainable side of a run: student plus loss modules, computing every loss term."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from torch import Tensor, nn
+
+from distill.engine.teacher import FrozenTeacher
+from distill.losses.base import Batch, DistillLoss
+
+
+class Distiller(nn.Module):
+    """Student and loss modules in one module, so one DDP wrapper synchronises them all.
+
+    ``forward`` runs the student (and the frozen teacher, when there is one) once,
+    hands both feature records to every loss, and returns the unweighted terms,
+    the weighted total and the student's logits.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        losses: dict[str, DistillLoss],
+        weights: dict[str, float],
+        teacher: FrozenTeacher | None = None,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.losses = nn.ModuleDict(losses)
+        self.weights = dict(weights)
+        self.teacher = teacher  # a plain object: not a submodule (see FrozenTeacher)
+
+    def forward(self, inputs: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        student = self.student(inputs, features=True)
+        teacher = self.teacher(inputs) if self.teacher is not None else None
+        batch = Batch(inputs=inputs, labels=labels, indices=indices)
+        terms = {name: loss(student, teacher, batch) for name, loss in self.losses.items()}
+        total = sum(self.weights[name] * value for name, value in terms.items())
+        return terms, total, student.logits
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """The student's parameters followed by those every loss declares trainable."""
+        yield from self.student.parameters()
+        for loss in self.losses.values():
+            yield from loss.trainable_parameters()

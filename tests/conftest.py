@@ -1,0 +1,31 @@
+"""Shared fixtures: a small fake CIFAR-100 in the real on-disk format, and a tiny teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def fake_cifar100(tmp_path_factory) -> Path:
+    """A fake CIFAR-100 (256 train / 100 test images) read through the real loader with data.verify=false."""
+    from distill.data import write_fake_cifar
+
+    root = tmp_path_factory.mktemp("cifar")
+    write_fake_cifar(root, num_classes=100, train_size=256, test_size=100, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A resnet14 teacher checkpoint in the RepDistiller format (random weights: the plumbing is under test)."""
+    from distill.models import create_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "ckpt_epoch_240.pth"
+    torch.save({"epoch": 240, "model": create_model("resnet14").state_dict(), "accuracy": torch.tensor(1.0)}, path)
+    return path
