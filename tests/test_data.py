@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from urllib.error import URLError
 
@@ -152,16 +153,16 @@ def test_fake_cifar_is_deterministic_and_validates(tmp_path: Path) -> None:
         write_fake_cifar(tmp_path / "c", num_classes=100, test_size=50)
 
 
-def test_make_fake_cifar100_tool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "make_fake_cifar100", REPO / "tools" / "make_fake_cifar100.py"
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    assert tool.main([str(tmp_path), "--train", "40", "--test", "10", "--classes", "10"]) == 0
-    out = capsys.readouterr().out
-    assert "cifar-10-batches-py" in out and "data_batch_5" in out and "data.verify: false" in out
+def test_make_fake_cifar100_tool(tmp_path: Path) -> None:
+    tool = REPO / "tools" / "make_fake_cifar100.py"
+    args = [sys.executable, str(tool), str(tmp_path), "--train", "40", "--test", "10", "--classes", "10"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "cifar-10-batches-py" in result.stdout and "data_batch_5" in result.stdout
+    assert "data.verify=false" in result.stdout
     assert len(build_dataset("cifar10", tmp_path, train=False, verify=False)) == 10
+    too_small = subprocess.run([*args[:2], str(tmp_path / "x"), "--test", "5", "--classes", "10"], capture_output=True, text=True, timeout=120)
+    assert too_small.returncode == 2 and "every class" in too_small.stderr
 
 
 # --- CIFAR on disk -------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from distill.errors import DistillError
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -21,9 +23,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from distill.data import write_fake_cifar
 
-    path = write_fake_cifar(args.root, num_classes=args.classes, train_size=args.train, test_size=args.test, seed=args.seed)
-    print(
-        f"wrote a FAKE CIFAR-{args.classes} ({args.train} train / {args.test} test images) to {path}; "
-        f"its md5 differs from the real files, so recipes need data.verify=false to read it"
-    )
+    try:
+        root = write_fake_cifar(args.root, num_classes=args.classes, train_size=args.train, test_size=args.test, seed=args.seed)
+    except ValueError as error:
+        raise DistillError(str(error)) from None
+    folder = root / ("cifar-100-python" if args.classes == 100 else "cifar-10-batches-py")
+    print(f"wrote a FAKE CIFAR-{args.classes} ({args.train} train / {args.test} test images, seed {args.seed}) to {folder}:")
+    for path in sorted(folder.iterdir()):
+        print(f"  {path.name:<14} {path.stat().st_size:>12,} bytes")
+    print(f"its md5 differs from the real files: use it with data.root={root} data.verify=false")
     return 0

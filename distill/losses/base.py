@@ -76,9 +76,4 @@ class DistillLoss(nn.Module):
         return ""
 
 
-def as_scalar(value: Tensor) -> Tensor:
-    """Squeeze a 1-element tensor to 0-d (some formulations naturally produce shape [1])."""
-    return value.reshape(()) if value.numel() == 1 else value
-
-
-__all__ = ["Batch", "DistillLoss", "LossContext", "as_scalar"]
+__all__ = ["Batch", "DistillLoss", "LossContext"]
