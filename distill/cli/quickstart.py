@@ -111,7 +111,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 DISCLAIMER = (
-    "This is a DEMONSTRATION on a small generated dataset (10 classes in 5 related pairs, 32×32 images). "
+    "This is a DEMONSTRATION on a small generated dataset (10 classes in 3 groups of look-alike classes, 32×32 images). "
     "Its numbers show the toolkit working end to end; they say nothing about CIFAR-100."
 )
 
