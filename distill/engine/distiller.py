@@ -30,6 +30,10 @@ class Distiller(nn.Module):
         self.losses = nn.ModuleDict(losses)
         self.weights = dict(weights)
         self.teacher = teacher  # a plain object: not a submodule (see FrozenTeacher)
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self,
+            [f"losses.{name}.{buffer}" for name, loss in losses.items() for buffer in loss.self_synchronised_buffers()],
+        )
 
     def forward(self, inputs: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         student = self.student(inputs, features=True)

@@ -169,6 +169,7 @@ class Trainer:
             labels=train_set.labels,
             student_arch=recipe.student.arch,
             teacher_arch=recipe.teacher.arch if recipe.teacher else None,
+            batch_size=recipe.data.batch_size,
         )
         losses = {}
         for name, spec in recipe.losses.items():
@@ -292,6 +293,9 @@ class Trainer:
             + f" | {self.train_size} train / {self.test_size} test images | device {self.accelerator.device}"
             + f" × {self.accelerator.num_processes} process(es)"
         )
+        for name, loss in self.unwrapped.losses.items():
+            if loss.summary():
+                self.log(f"loss {name}: {loss.summary()}")
         if self.teacher is not None:
             teacher_accuracy = evaluate(self.teacher.module, self.test_loader, self.accelerator)
             self.log(f"teacher top-1 {teacher_accuracy.top1:.2f}  top-5 {teacher_accuracy.top5:.2f}")

@@ -8,6 +8,6 @@ from distill.losses.base import Batch, DistillLoss, LossContext
 from distill.losses.registry import LOSSES, build_loss, loss_parameters, register_loss
 
 # Importing the loss files registers them.
-from distill.losses import ce, kd  # noqa: E402,F401
+from distill.losses import ce, contrastive, kd  # noqa: E402,F401
 
 __all__ = ["Batch", "DistillLoss", "LOSSES", "LossContext", "build_loss", "loss_parameters", "register_loss"]

@@ -31,6 +31,7 @@ class LossContext:
         labels: the training labels, LongTensor[dataset_size] (class-aware sampling).
         student_arch: the student's architecture name.
         teacher_arch: the teacher's architecture name, or None.
+        batch_size: training batch size per process (0 when unknown).
     """
 
     student: FeatureShapes
@@ -40,6 +41,7 @@ class LossContext:
     labels: Tensor
     student_arch: str = ""
     teacher_arch: str | None = None
+    batch_size: int = 0
 
 
 @dataclass
@@ -72,8 +74,17 @@ class DistillLoss(nn.Module):
         """Parameters optimised together with the student (by default: all that require grad)."""
         return (p for p in self.parameters() if p.requires_grad)
 
-    def extra_repr(self) -> str:
-        return ""
+    def self_synchronised_buffers(self) -> list[str]:
+        """Names of buffers the loss keeps identical across processes itself.
+
+        DDP would otherwise broadcast them from rank 0 at every step (memory banks:
+        tens of MB). Default: none.
+        """
+        return []
+
+    def summary(self) -> str | None:
+        """One line the trainer logs at start (settings, bounds); None for nothing."""
+        return None
 
 
 __all__ = ["Batch", "DistillLoss", "LossContext"]

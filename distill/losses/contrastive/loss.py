@@ -1,0 +1,248 @@
+"""Contrastive representation distillation: heads + memory + negatives + estimator.
+
+One machinery, three presets (recipe ``type``):
+
+* ``crd``: binary NCE against the memory (Tian et al., ICLR 2020, Eq. 18 of the code);
+* ``cpc``: α-CPC / InfoNCE per anchor row (Oord et al. 2018; Song & Ermon 2020);
+* ``ml_cpc``: multi-label CPC with one batch-wide normaliser (Song & Ermon, NeurIPS 2020).
+
+Each is applied symmetrically, as in CRD: the student's embedding is the anchor
+against the teacher's memory, and the teacher's embedding against the student's
+memory; the loss is the sum of both sides. A score is exp(⟨v, m⟩/T); the
+estimators work on the log-scores ⟨v, m⟩/T.
+
+Speed: the reference gathers B×(K+1)×d memory rows (about 1 GiB per step at
+B=64, K=16384, d=128) and multiplies them with the anchors. Here, when the
+memory is not much larger than the candidate set, all anchors are scored against
+the whole memory with one B×N matrix product and the K+1 candidate columns are
+picked from it (``scoring: bank_product``), which costs B×N floats instead.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from distill.losses.base import Batch, DistillLoss, LossContext
+from distill.losses.contrastive import distributed
+from distill.losses.contrastive.estimators import (
+    cpc_bound,
+    cpc_ceiling,
+    log_normaliser_from_batch,
+    ml_cpc_bound,
+    ml_cpc_min_valid_alpha,
+    nce_loss,
+)
+from distill.losses.contrastive.heads import ProjectionHead
+from distill.losses.contrastive.memory_bank import EmbeddingQueue, MomentumMemoryBank
+from distill.losses.contrastive.negatives import SamplingMode, draw_candidates, draw_negatives, eligible_negatives
+from distill.losses.registry import register_loss
+from distill.models.features import FeatureRecord
+
+Estimator = Literal["nce", "cpc", "ml_cpc"]
+Scoring = Literal["auto", "bank_product", "gather"]
+
+
+def score_candidates(anchors: Tensor, memory: Tensor, candidates: Tensor, temperature: float, scoring: Scoring) -> Tensor:
+    """Log-scores ⟨anchor_i, memory[candidates_ij]⟩ / T as a [B, K+1] tensor.
+
+    ``gather`` materialises the B×(K+1)×d candidate rows (the reference's way);
+    ``bank_product`` scores every memory row once (B×N) and picks the columns.
+    Both give the same values and gradients; ``auto`` picks the one that moves
+    fewer bytes (bank_product unless N exceeds d·(K+1)).
+    """
+    memory = memory.detach()
+    if scoring == "auto":
+        scoring = "bank_product" if memory.shape[0] <= memory.shape[1] * candidates.shape[1] else "gather"
+    anchors = anchors.float()
+    if scoring == "bank_product":
+        return (anchors @ memory.t()).gather(1, candidates) / temperature
+    rows = memory[candidates]  # B × (K+1) × d
+    return torch.bmm(rows, anchors.unsqueeze(2)).squeeze(2) / temperature
+
+
+class ContrastiveDistillLoss(DistillLoss):
+    """The shared machinery; the registered presets fix ``estimator``.
+
+    Args:
+        feat_dim: dimension of the projected embeddings (128 in CRD).
+        num_negatives: K, negatives per anchor (16384 in CRD).
+        temperature: T of exp(⟨v, m⟩/T) (0.07 in CRD).
+        momentum: μ of the memory update row ← normalise(μ·row + (1−μ)·v) (0.5).
+        mode: ``exact`` (negatives from other classes, positive = the anchor's own
+            row), ``relax`` (positive = a random row of the same class), or ``uniform``
+            (no labels).
+        alpha: α of α-CPC / α-ML-CPC (1 = plain); not used by ``crd``.
+        bank: ``memory`` (a row per training sample) or ``queue`` (FIFO of ``queue_size``).
+        queue_size: length of the queue when ``bank: queue``.
+        z_momentum: ``crd`` only: 0 keeps Z fixed from the first batch (the reference);
+            e.g. 0.99 follows it with an exponential moving average.
+        scoring: ``auto``, ``bank_product`` or ``gather`` (see :func:`score_candidates`).
+    """
+
+    estimator: ClassVar[Estimator]
+
+    def __init__(
+        self,
+        context: LossContext,
+        *,
+        feat_dim: int = 128,
+        num_negatives: int = 16384,
+        temperature: float = 0.07,
+        momentum: float = 0.5,
+        mode: SamplingMode = "exact",
+        alpha: float = 1.0,
+        bank: Literal["memory", "queue"] = "memory",
+        queue_size: int = 16384,
+        z_momentum: float = 0.0,
+        scoring: Scoring = "auto",
+    ) -> None:
+        super().__init__(context)
+        if context.teacher is None:
+            raise ValueError("contrastive distillation needs a teacher")
+        if num_negatives < 1 or feat_dim < 1 or temperature <= 0:
+            raise ValueError("num_negatives and feat_dim must be ≥ 1 and temperature > 0")
+        if self.estimator == "nce" and alpha != 1.0:
+            raise ValueError("alpha belongs to cpc and ml_cpc; crd (NCE) has none")
+        if self.estimator != "nce" and z_momentum != 0.0:
+            raise ValueError("z_momentum belongs to crd (NCE); cpc and ml_cpc do not use Z")
+        if bank == "queue" and mode == "relax":
+            raise ValueError("mode 'relax' needs a row per sample: use bank: memory")
+        num_candidates = num_negatives + 1
+        if not 0 < alpha <= num_candidates:
+            raise ValueError(f"alpha must be in (0, K+1] = (0, {num_candidates}], got {alpha}")
+        self.num_negatives, self.temperature, self.mode = num_negatives, temperature, mode
+        self.alpha, self.bank_kind, self.z_momentum, self.scoring = alpha, bank, z_momentum, scoring
+        self.student_head = ProjectionHead(context.student.pooled_dim, feat_dim)
+        self.teacher_head = ProjectionHead(context.teacher.pooled_dim, feat_dim)
+        if bank == "memory":
+            self.student_memory = MomentumMemoryBank(context.dataset_size, feat_dim, momentum)
+            self.teacher_memory = MomentumMemoryBank(context.dataset_size, feat_dim, momentum)
+        else:
+            self.student_memory = EmbeddingQueue(queue_size, feat_dim)
+            self.teacher_memory = EmbeddingQueue(queue_size, feat_dim)
+        self.register_buffer("dataset_labels", context.labels.clone().long(), persistent=False)
+        self.register_buffer("log_z", torch.full((2,), math.nan))  # student side, teacher side (NCE)
+        self._generator: torch.Generator | None = None
+        self._generator_seed = torch.initial_seed() + 7919 * distributed.rank()  # independent per process
+        self._warn_about_alpha(context.batch_size)
+
+    def _warn_about_alpha(self, batch_size: int) -> None:
+        if self.estimator != "ml_cpc" or batch_size < 1:
+            return
+        floor = ml_cpc_min_valid_alpha(batch_size, self.num_negatives + 1)
+        if self.alpha < floor:
+            warnings.warn(
+                f"ml_cpc alpha {self.alpha:g} is below m/(n(m−1)+1) = {floor:.4g} for batch {batch_size} and "
+                f"K={self.num_negatives}: the estimate may no longer bound the mutual information",
+                stacklevel=3,
+            )
+
+    def summary(self) -> str:
+        m = self.num_negatives + 1
+        text = f"{self.estimator}, K={self.num_negatives}, T={self.temperature}, {self.mode} negatives, {self.bank_kind} bank"
+        if self.estimator != "nce":
+            text += f"; ceiling log m = {math.log(m):.2f} nats, log(m/α) = {cpc_ceiling(m, self.alpha):.2f} (α={self.alpha:g})"
+        return text
+
+    def self_synchronised_buffers(self) -> list[str]:
+        """Buffers this loss keeps equal across processes itself (DDP must not broadcast them)."""
+        return [name for name, _ in self.named_buffers() if not name.endswith("dataset_labels")]
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self._generator_seed)
+        return self._generator
+
+    def candidates(self, batch: Batch, memory: MomentumMemoryBank | EmbeddingQueue) -> Tensor:
+        """[B, K+1] memory rows to score: the positive first, then K negatives."""
+        labels = batch.labels.to(self.dataset_labels.device)
+        generator = self.generator(labels.device)
+        if isinstance(memory, MomentumMemoryBank):
+            pool_labels = self.dataset_labels if self.mode != "uniform" else None
+            return draw_candidates(batch.indices, labels, self.num_negatives, self.mode, pool_labels, memory.size, generator)
+        eligible = eligible_negatives(labels, memory.labels, self.mode, memory.size)
+        return draw_negatives(eligible, self.num_negatives, generator)
+
+    def side_logits(self, anchors: Tensor, others: Tensor, memory, candidates: Tensor) -> Tensor:
+        """[B, K+1] log-scores of ``anchors`` against the other side's memory."""
+        if isinstance(memory, MomentumMemoryBank):
+            return score_candidates(anchors, memory.memory, candidates, self.temperature, self.scoring)
+        positive = (anchors.float() * others.detach().float()).sum(dim=1, keepdim=True) / self.temperature
+        negatives = score_candidates(anchors, memory.memory, candidates, self.temperature, self.scoring)
+        return torch.cat([positive, negatives], dim=1)
+
+    def criterion(self, logits: Tensor, side: int) -> Tensor:
+        if self.estimator == "cpc":
+            return -cpc_bound(logits, self.alpha)
+        if self.estimator == "ml_cpc":
+            return -ml_cpc_bound(logits, self.alpha)
+        return nce_loss(logits, self._normaliser(logits, side), self.context.dataset_size)
+
+    def _normaliser(self, logits: Tensor, side: int) -> Tensor:
+        """CRD's log Z: set from the first batch (agreed across processes), then fixed or EMA-tracked."""
+        with torch.no_grad():
+            stored = self.log_z[side]
+            if torch.isnan(stored) or self.z_momentum > 0:
+                local = log_normaliser_from_batch(logits.detach().float(), self.context.dataset_size)
+                gathered = distributed.all_gather_rows(local.reshape(1))
+                batch_log_z = torch.logsumexp(gathered, 0) - math.log(gathered.numel())
+                if torch.isnan(stored):
+                    self.log_z[side] = batch_log_z
+                else:
+                    ema = torch.logaddexp(stored + math.log(self.z_momentum), batch_log_z + math.log1p(-self.z_momentum))
+                    self.log_z[side] = ema
+            return self.log_z[side].clone()
+
+    def forward(self, student: FeatureRecord, teacher: FeatureRecord | None, batch: Batch) -> Tensor:
+        student_embedding = self.student_head(student.pooled)
+        teacher_embedding = self.teacher_head(teacher.pooled.detach())
+        # One draw serves both directions, as the reference's per-sample contrast_idx does:
+        # the two memories are indexed alike (dataset rows, or queue slots written together).
+        candidates = self.candidates(batch, self.teacher_memory)
+        student_logits = self.side_logits(student_embedding, teacher_embedding, self.teacher_memory, candidates)
+        teacher_logits = self.side_logits(teacher_embedding, student_embedding, self.student_memory, candidates)
+        loss = self.criterion(student_logits, 0) + self.criterion(teacher_logits, 1)
+        if self.training:
+            self.update_memory(batch, student_embedding.detach(), teacher_embedding.detach())
+        return loss
+
+    @torch.no_grad()
+    def update_memory(self, batch: Batch, student_embedding: Tensor, teacher_embedding: Tensor) -> None:
+        """Write the batch (from every process) into both memories, after scoring."""
+        student_all = distributed.all_gather_rows(student_embedding.float())
+        teacher_all = distributed.all_gather_rows(teacher_embedding.float())
+        if self.bank_kind == "memory":
+            indices = distributed.all_gather_rows(batch.indices.long())
+            self.student_memory.update(indices, student_all)
+            self.teacher_memory.update(indices, teacher_all)
+        else:
+            labels = distributed.all_gather_rows(batch.labels.long())
+            self.student_memory.update(student_all, labels)
+            self.teacher_memory.update(teacher_all, labels)
+
+
+@register_loss("crd")
+class CRDLoss(ContrastiveDistillLoss):
+    """CRD: NCE against the momentum memory, both directions (Tian et al., ICLR 2020)."""
+
+    estimator = "nce"
+
+
+@register_loss("cpc")
+class CPCLoss(ContrastiveDistillLoss):
+    """α-CPC / InfoNCE per anchor over its K+1 candidates, on CRD's machinery."""
+
+    estimator = "cpc"
+
+
+@register_loss("ml_cpc")
+class MLCPCLoss(ContrastiveDistillLoss):
+    """Multi-label CPC (Song & Ermon, NeurIPS 2020) on CRD's machinery: one normaliser per batch."""
+
+    estimator = "ml_cpc"
