@@ -211,7 +211,22 @@ def test_the_shipped_recipe_set_is_complete():
     names = {str(p.relative_to(REPO / "recipes")) for p in SHIPPED}
     assert len([n for n in names if n.startswith("cifar100/teachers/")]) == 6
     assert len([n for n in names if n.startswith("cifar100/vanilla/")]) == 13
-    assert len([n for n in names if n.startswith("cifar100/kd/")]) == 13
+    for method in ("vanilla", "kd", "crd", "crd_kd", "ml_cpc", "ml_cpc_kd"):
+        assert len([n for n in names if n.startswith(f"cifar100/{method}/")]) == 13, method
+
+
+def test_method_recipes_carry_the_reference_weights():
+    def weights(method: str) -> dict:
+        recipe = load_recipe(REPO / f"recipes/cifar100/{method}/resnet32x4-resnet8x4.yaml")
+        return {name: (spec.type, spec.weight, spec.params.get("temperature")) for name, spec in recipe.losses.items()}
+
+    assert weights("kd") == {"ce": ("ce", 0.1, None), "kd": ("kd", 0.9, 4.0)}
+    assert weights("crd") == {"ce": ("ce", 1.0, None), "crd": ("crd", 0.8, 0.07)}
+    assert weights("crd_kd") == {"ce": ("ce", 1.0, None), "crd": ("crd", 0.8, 0.07), "kd": ("kd", 1.0, 4.0)}
+    assert weights("ml_cpc") == {"ce": ("ce", 1.0, None), "ml_cpc": ("ml_cpc", 0.8, 0.07)}
+    assert weights("ml_cpc_kd") == {"ce": ("ce", 1.0, None), "ml_cpc": ("ml_cpc", 0.8, 0.07), "kd": ("kd", 1.0, 4.0)}
+    crd = load_recipe(REPO / "recipes/cifar100/crd/resnet32x4-resnet8x4.yaml").losses["crd"].params
+    assert crd["num_negatives"] == 16384 and crd["feat_dim"] == 128 and crd["momentum"] == 0.5 and crd["mode"] == "exact"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))

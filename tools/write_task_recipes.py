@@ -21,10 +21,22 @@ from distill.benchmark.tasks import SMALL_LR_STUDENTS, TASKS, TEACHERS  # noqa: 
 
 RECIPES = ROOT / "recipes" / "cifar100"
 
-# method → (fragment under _base_, uses the teacher, one-line description template)
-METHODS: dict[str, tuple[str, bool, str]] = {
-    "vanilla": ("ce", False, "student alone: {student} trained with CE only (the baseline of task {task})"),
-    "kd": ("kd", True, "KD (Hinton): {teacher} → {student}, 0.1·CE + 0.9·KD, T=4"),
+# method → (fragments under _base_, uses the teacher, one-line description template)
+METHODS: dict[str, tuple[tuple[str, ...], bool, str]] = {
+    "vanilla": (("ce",), False, "student alone: {student} trained with CE only (the baseline of task {task})"),
+    "kd": (("kd",), True, "KD (Hinton): {teacher} → {student}, 0.1·CE + 0.9·KD, T=4"),
+    "crd": (("crd",), True, "CRD: {teacher} → {student}, CE + 0.8·CRD (NCE, K=16384, T=0.07)"),
+    "crd_kd": (("crd", "plus_kd"), True, "CRD+KD: {teacher} → {student}, CE + KD + 0.8·CRD"),
+    "ml_cpc": (
+        ("ml_cpc",),
+        True,
+        "ML-CPC: {teacher} → {student}, CE + 0.8·ML-CPC, alpha=1 (the paper's alpha is not known)",
+    ),
+    "ml_cpc_kd": (
+        ("ml_cpc", "plus_kd"),
+        True,
+        "ML-CPC+KD: {teacher} → {student}, CE + KD + 0.8·ML-CPC, alpha=1 (the paper's alpha is not known)",
+    ),
 }
 
 TEACHER_CHECKPOINT = "teachers/{arch}_vanilla/ckpt_epoch_240.pth"
@@ -45,8 +57,8 @@ def lr_lines(student: str) -> str:
 
 
 def task_recipe(method: str, teacher: str, student: str) -> str:
-    fragment, uses_teacher, template = METHODS[method]
-    bases = ["../_base_/cifar100.yaml", f"../_base_/{fragment}.yaml"]
+    fragments, uses_teacher, template = METHODS[method]
+    bases = ["../_base_/cifar100.yaml", *(f"../_base_/{fragment}.yaml" for fragment in fragments)]
     if uses_teacher:
         bases.insert(1, f"../_base_/teacher/{teacher}.yaml")
     description = template.format(teacher=teacher, student=student, task=f"{teacher}-{student}")
