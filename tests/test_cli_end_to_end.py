@@ -127,12 +127,13 @@ def test_recipes_lists_every_shipped_recipe(capsys):
 
 
 def test_two_processes_train_as_one_job(fake_cifar100, tiny_teacher, tmp_path):
-    """torchrun with 2 CPU processes (gloo): one run directory, metrics over the whole test set."""
+    """torchrun with 2 CPU processes (gloo), CRD+KD: one run directory, metrics over the whole test set."""
     run_dir = tmp_path / "ddp"
+    recipe = REPO / "recipes/cifar100/crd_kd/resnet32x4-resnet8x4.yaml"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "distill", "train", str(KD_RECIPE),
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "distill", "train", str(recipe),
         *small_run_overrides(fake_cifar100, epochs=1), "student.arch=resnet8", "teacher.arch=resnet14",
-        f"teacher.checkpoint={tiny_teacher}", "--run-dir", str(run_dir),
+        f"teacher.checkpoint={tiny_teacher}", "losses.crd.num_negatives=200", "--run-dir", str(run_dir),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
@@ -141,5 +142,8 @@ def test_two_processes_train_as_one_job(fake_cifar100, tiny_teacher, tmp_path):
     rows = read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == [0, 1]  # written once, by the main process
     assert rows[1]["step"] == math.ceil(256 / (64 * 2))
+    assert math.isfinite(rows[1]["train/loss/crd"])
+    banks = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["losses"]
+    assert torch.allclose(banks["crd.student_memory.memory"].norm(dim=1), torch.ones(256), atol=1e-5)  # all rows written
     eval_result = subprocess.run([sys.executable, "-m", "distill", "eval", str(run_dir), "--json"], capture_output=True, text=True, timeout=120)
     assert json.loads(eval_result.stdout.strip().splitlines()[-1])["top1"] == pytest.approx(rows[1]["test/top1"])
