@@ -248,6 +248,8 @@ class Trainer:
         started = time.perf_counter()
         for index, (inputs, labels, indices) in enumerate(self.train_loader, start=1):
             terms, total, _ = distiller(inputs, labels, indices)
+            if self.state.step == 0:
+                self._check_first_terms(terms)
             self.optimizer.zero_grad(set_to_none=True)
             accelerator.backward(total)
             self.optimizer.step()
@@ -271,6 +273,22 @@ class Trainer:
         record["train/images_per_s"] = seen.item() / elapsed
         record["time/epoch_s"] = elapsed
         return record
+
+    def _check_first_terms(self, terms: dict[str, torch.Tensor]) -> None:
+        """On the very first batch, every loss must give a finite scalar (catches broken plugins early)."""
+        for name, value in terms.items():
+            loss_type = self.recipe.losses[name].type
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise DistillError(
+                    f"losses.{name} (type {loss_type!r}) returned {shape} on the first batch; "
+                    f"a loss must return a scalar tensor (reduce it, e.g. with .mean())"
+                )
+            if not torch.isfinite(value.detach()).all():
+                raise DistillError(
+                    f"losses.{name} (type {loss_type!r}) returned {value.item()} on the first batch; "
+                    f"check its inputs and parameters"
+                )
 
     def _check_finite(self, names: list[str], means: list[float], epoch: int, index: int) -> None:
         bad = [name for name, value in zip(names, means) if not math.isfinite(value)]

@@ -140,8 +140,30 @@ def _cross_check(recipe: Recipe, composed: ComposedRecipe) -> None:
         raise _fail(composed, ("schedule", "milestones"), f"must be increasing, got {recipe.schedule.milestones}")
 
 
+def _load_plugins(composed: ComposedRecipe) -> None:
+    """Import the recipe's plugins before anything is looked up in a registry.
+
+    File entries are rewritten as absolute paths, so the resolved recipe written
+    into a run directory still finds them.
+    """
+    from distill.recipe.plugins import load_plugin, resolve_plugin
+
+    entries = composed.data.get("plugins")
+    if entries is None:
+        return
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise _fail(composed, ("plugins",), f"expected a list of Python files or module names, got {entries!r}")
+    resolved = []
+    for index, entry in enumerate(entries):
+        source = composed.source_of(("plugins", str(index)))
+        resolved.append(resolve_plugin(entry, source))
+        load_plugin(resolved[-1], f"{source}: plugins[{index}]")
+    composed.data["plugins"] = resolved
+
+
 def validate_composed(composed: ComposedRecipe, default_name: str = "run") -> Recipe:
     """Check a composed mapping against the schema and every registry."""
+    _load_plugins(composed)
     data = dict(composed.data)
     losses = _parse_losses(composed)
     data["losses"] = {}

@@ -81,3 +81,4 @@ class Recipe:
     precision: Precision = "fp32"
     log_every: int = 50
     output_dir: str = "runs"
+    plugins: list[str] = field(default_factory=list)
