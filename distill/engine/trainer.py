@@ -37,11 +37,13 @@ from distill.engine.rundir import claim_run_dir, new_run_dir
 from distill.engine.seeding import seed_everything
 from distill.engine.teacher import FrozenTeacher
 from distill.errors import DistillError, RecipeError
-from distill.losses import LossContext, build_loss
+from distill.losses import Batch, InitStage, LossContext, build_loss
 from distill.models import create_model, probe_feature_shapes
 from distill.recipe import Recipe, recipe_to_dict, recipe_to_yaml
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+INIT_DATA_SEED_OFFSET = 1_000_000
+"""Init-stage epochs shuffle with data_seed + this + epoch, apart from the main epochs' orders."""
 
 
 @dataclass
@@ -319,6 +321,7 @@ class Trainer:
             self.log(f"teacher top-1 {teacher_accuracy.top1:.2f}  top-5 {teacher_accuracy.top5:.2f}")
             if self.metrics:
                 self.metrics.write({"epoch": 0, "teacher/top1": teacher_accuracy.top1, "teacher/top5": teacher_accuracy.top5}, 0)
+        self.run_init_stages()
         started = time.perf_counter()
         accuracy = Accuracy(top1=float("nan"), top5=float("nan"), count=0)
         for epoch in range(self.state.epoch + 1, recipe.schedule.epochs + 1):
@@ -345,6 +348,61 @@ class Trainer:
         )
         self._finish(result)
         return result
+
+    def run_init_stages(self) -> None:
+        """Train what each loss declares in its init stage, before the main epochs."""
+        for name, loss in self.unwrapped.losses.items():
+            stage = loss.init_stage()
+            if stage is not None:
+                self.run_init_stage(name, stage)
+
+    def run_init_stage(self, name: str, stage: InitStage) -> None:
+        """The reference's init stage: a fresh SGD at a constant lr, everything else in eval mode.
+
+        Gradients are averaged across processes by hand: the stage runs the
+        unwrapped modules, outside DDP's synchronisation.
+        """
+        recipe, accelerator, distiller = self.recipe, self.accelerator, self.unwrapped
+        epochs = recipe.init.epochs if recipe.init.epochs is not None else stage.epochs
+        lr = recipe.init.lr or stage.lr or recipe.optimizer.lr
+        modules = [*stage.modules, *(distiller.student.feature_modules() if stage.train_student_features else [])]
+        parameters = list({id(p): p for m in modules for p in m.parameters() if p.requires_grad}.values())
+        optimizer = torch.optim.SGD(
+            parameters, lr=lr, momentum=recipe.optimizer.momentum, weight_decay=recipe.optimizer.weight_decay
+        )
+        self.log(f"init stage of {name}: {epochs} epochs at lr {lr:g}, {sum(p.numel() for p in parameters):,} parameters")
+        for epoch in range(1, epochs + 1):
+            self.train_loader.set_epoch(INIT_DATA_SEED_OFFSET + epoch)
+            distiller.eval()
+            for module in modules:
+                module.train()
+            total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+            seen = 0
+            progress = Progress(len(self.train_loader), f"init {name} {epoch}/{epochs}", enabled=self.is_main)
+            for inputs, labels, indices in self.train_loader:
+                with accelerator.autocast():
+                    student = distiller.student(inputs, features=True)
+                    teacher = distiller.teacher(inputs) if distiller.teacher is not None else None
+                    value = stage.loss(student, teacher, Batch(inputs=inputs, labels=labels, indices=indices))
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(value)
+                for parameter in parameters:
+                    if parameter.grad is not None:
+                        parameter.grad.copy_(accelerator.reduce(parameter.grad, reduction="mean"))
+                optimizer.step()
+                total += value.detach().double() * labels.shape[0]
+                seen += labels.shape[0]
+                progress.update(1)
+            progress.close()
+            mean = (accelerator.reduce(total, reduction="sum") / (seen * accelerator.num_processes)).item()
+            self._check_finite([f"init/{name}"], [mean], epoch, len(self.train_loader))
+            self.log(f"init {name} epoch {epoch}/{epochs} | loss {mean:.4f}")
+            if self.metrics:
+                self.metrics.write({"stage": "init", "init/epoch": epoch, f"init/loss/{name}": mean}, epoch)
+        if stage.freeze_after:
+            for module in stage.modules:
+                module.eval()
+                module.requires_grad_(False)
 
     def _end_epoch(self, row: dict, accuracy: Accuracy, improved: bool) -> None:
         self.accelerator.wait_for_everyone()

@@ -4,10 +4,10 @@ Users add their own without touching the package: subclass :class:`DistillLoss`,
 decorate it with :func:`register_loss`, and name its type in a recipe.
 """
 
-from distill.losses.base import Batch, DistillLoss, LossContext
+from distill.losses.base import Batch, DistillLoss, InitStage, LossContext
 from distill.losses.registry import LOSSES, build_loss, loss_parameters, register_loss
 
 # Importing the loss files registers them.
 from distill.losses import ce, contrastive, kd  # noqa: E402,F401
 
-__all__ = ["Batch", "DistillLoss", "LOSSES", "LossContext", "build_loss", "loss_parameters", "register_loss"]
+__all__ = ["Batch", "DistillLoss", "InitStage", "LOSSES", "LossContext", "build_loss", "loss_parameters", "register_loss"]

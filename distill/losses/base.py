@@ -12,7 +12,7 @@ State that is not trained (memory banks) lives in buffers and is checkpointed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import Callable, ClassVar, Iterator
 
 from torch import Tensor, nn
 
@@ -53,6 +53,34 @@ class Batch:
     indices: Tensor
 
 
+@dataclass
+class InitStage:
+    """A stage that trains some modules before the main training, declared by a loss.
+
+    The reference's two-stage methods (AB, FT, FSP; RepDistiller ``helper/pretrain.py``)
+    first train their own modules (and, for AB and FSP, the student's feature layers)
+    for 30 epochs with a constant learning rate and a fresh SGD optimiser, with the
+    student and teacher otherwise in eval mode. The recipe's ``init:`` section can
+    override ``epochs`` and ``lr``.
+
+    Attributes:
+        loss: the stage's objective, called like a loss's forward:
+            ``loss(student_record, teacher_record, batch) -> scalar``.
+        modules: the loss's own modules that train in the stage (put in train mode).
+        train_student_features: also train the student's ``feature_modules()``.
+        epochs: number of epochs (the reference: 30).
+        lr: constant learning rate; None means the recipe's ``optimizer.lr``.
+        freeze_after: the modules stop training afterwards (FT's paraphraser).
+    """
+
+    loss: Callable[..., Tensor]
+    modules: list[nn.Module]
+    train_student_features: bool = False
+    epochs: int = 30
+    lr: float | None = None
+    freeze_after: bool = False
+
+
 class DistillLoss(nn.Module):
     """Base class of registered losses.
 
@@ -82,9 +110,13 @@ class DistillLoss(nn.Module):
         """
         return []
 
+    def init_stage(self) -> InitStage | None:
+        """The loss's init stage, trained before the main epochs; None (default) for none."""
+        return None
+
     def summary(self) -> str | None:
         """One line the trainer logs at start (settings, bounds); None for nothing."""
         return None
 
 
-__all__ = ["Batch", "DistillLoss", "LossContext"]
+__all__ = ["Batch", "DistillLoss", "InitStage", "LossContext"]

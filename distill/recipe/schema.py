@@ -55,6 +55,14 @@ class ScheduleSpec:
 
 
 @dataclass
+class InitSpec:
+    """Overrides for the init stages that losses declare (AB, FT, FSP): null keeps the loss's own value."""
+
+    epochs: int | None = None
+    lr: float | None = None
+
+
+@dataclass
 class LossSpec:
     """One term of the objective: ``weight × loss``; ``type`` defaults to the term's name."""
 
@@ -76,6 +84,7 @@ class Recipe:
     data: DataSpec = field(default_factory=DataSpec)
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    init: InitSpec = field(default_factory=InitSpec)
     seed: int = 0
     deterministic: bool = False
     precision: Precision = "fp32"
