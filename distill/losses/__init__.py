@@ -8,6 +8,18 @@ from distill.losses.base import Batch, DistillLoss, InitStage, LossContext
 from distill.losses.registry import LOSSES, build_loss, loss_parameters, register_loss
 
 # Importing the loss files registers them.
-from distill.losses import ce, contrastive, kd  # noqa: E402,F401
+from distill.losses import (  # noqa: E402,F401
+    attention,
+    ce,
+    contrastive,
+    correlation,
+    fitnet,
+    kd,
+    nst,
+    pkt,
+    rkd,
+    similarity,
+    vid,
+)
 
 __all__ = ["Batch", "DistillLoss", "InitStage", "LOSSES", "LossContext", "build_loss", "loss_parameters", "register_loss"]
