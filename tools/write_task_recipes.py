@@ -39,6 +39,26 @@ METHODS: dict[str, tuple[tuple[str, ...], bool, str]] = {
     ),
 }
 
+CLASSIC = {
+    "hint": "FitNet",
+    "at": "AT",
+    "sp": "SP",
+    "cc": "CC",
+    "vid": "VID",
+    "rkd": "RKD",
+    "pkt": "PKT",
+    "ab": "AB (with its init stage)",
+    "ft": "FT (with its init stage)",
+    "fsp": "FSP (with its init stage)",
+    "nst": "NST",
+}
+for _name, _label in CLASSIC.items():
+    METHODS[_name] = ((_name,), True, f"{_label}: {{teacher}} → {{student}}, reference weights (CE 1 + β·{_name})")
+
+# FSP compares channel×channel matrices, so it needs equal channel counts in every map:
+# the CRD paper reports it as N/A for these tasks (building it fails with that reason).
+NOT_APPLICABLE = {"fsp": {task.name for task in TASKS if not task.same_family} | {"wrn_40_2-wrn_40_1"}}
+
 TEACHER_CHECKPOINT = "teachers/{arch}_vanilla/ckpt_epoch_240.pth"
 
 
@@ -94,7 +114,8 @@ def main() -> None:
         write(RECIPES / "teachers" / f"{arch}.yaml", teacher_recipe(arch))
     for method in args.methods or list(METHODS):
         for task in TASKS:
-            write(RECIPES / method / f"{task.name}.yaml", task_recipe(method, task.teacher, task.student))
+            if task.name not in NOT_APPLICABLE.get(method, ()):
+                write(RECIPES / method / f"{task.name}.yaml", task_recipe(method, task.teacher, task.student))
     print(f"wrote recipes under {RECIPES}")
 
 

@@ -30,10 +30,24 @@ class Distiller(nn.Module):
         self.losses = nn.ModuleDict(losses)
         self.weights = dict(weights)
         self.teacher = teacher  # a plain object: not a submodule (see FrozenTeacher)
-        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            self,
-            [f"losses.{name}.{buffer}" for name, loss in losses.items() for buffer in loss.self_synchronised_buffers()],
-        )
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, self._outside_ddp(losses))
+
+    @staticmethod
+    def _outside_ddp(losses: dict[str, DistillLoss]) -> list[str]:
+        """Names DDP must leave alone.
+
+        Buffers a loss keeps identical across processes itself (memory banks), and
+        the parameters of init-stage modules that are frozen afterwards: the main
+        stage never uses them (DDP would wait for their gradients), and the init
+        stage averages their gradients itself.
+        """
+        names = [f"losses.{name}.{buffer}" for name, loss in losses.items() for buffer in loss.self_synchronised_buffers()]
+        for name, loss in losses.items():
+            stage = loss.init_stage()
+            if stage is not None and stage.freeze_after:
+                staged = {id(p) for module in stage.modules for p in module.parameters()}
+                names += [f"losses.{name}.{key}" for key, p in loss.named_parameters() if id(p) in staged]
+        return names
 
     def forward(self, inputs: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         student = self.student(inputs, features=True)

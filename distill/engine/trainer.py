@@ -239,6 +239,8 @@ class Trainer:
         """One pass over the training set; returns the epoch's mean loss terms and throughput."""
         accelerator, distiller = self.accelerator, self.distiller
         self.train_loader.set_epoch(epoch)
+        for loss in self.unwrapped.losses.values():
+            loss.start_epoch(epoch, self.recipe.schedule.epochs)
         distiller.train()
         names = [*self.recipe.losses, "total"]
         sums = torch.zeros(len(names), dtype=torch.float64, device=accelerator.device)

@@ -9,11 +9,14 @@ from distill.losses.registry import LOSSES, build_loss, loss_parameters, registe
 
 # Importing the loss files registers them.
 from distill.losses import (  # noqa: E402,F401
+    ab,
     attention,
     ce,
     contrastive,
     correlation,
     fitnet,
+    fsp,
+    ft,
     kd,
     nst,
     pkt,

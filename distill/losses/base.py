@@ -110,6 +110,9 @@ class DistillLoss(nn.Module):
         """
         return []
 
+    def start_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Called by the trainer before each main-stage epoch (counted from 1): for schedules such as warm-up."""
+
     def init_stage(self) -> InitStage | None:
         """The loss's init stage, trained before the main epochs; None (default) for none."""
         return None
