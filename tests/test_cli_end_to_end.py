@@ -123,7 +123,21 @@ def test_recipes_lists_every_shipped_recipe(capsys):
     assert main(["recipes", str(REPO / "recipes")]) == 0
     out = capsys.readouterr().out
     assert "cifar100/kd/resnet32x4-resnet8x4.yaml" in out and "KD (Hinton)" in out
-    assert "_base_" not in out and "84 recipe(s)" in out
+    shipped = [p for p in (REPO / "recipes").rglob("*.yaml") if "_base_" not in p.parts]
+    assert "_base_" not in out and f"{len(shipped)} recipe(s)" in out and len(shipped) > 200
+
+
+def test_a_two_stage_method_runs_both_stages(fake_cifar100, tiny_teacher, tmp_path, capsys):
+    run_dir = tmp_path / "ft"
+    recipe = REPO / "recipes/cifar100/ft/resnet32x4-resnet8x4.yaml"
+    overrides = [*small_run_overrides(fake_cifar100, epochs=1), "student.arch=resnet8", "teacher.arch=resnet14",
+                 f"teacher.checkpoint={tiny_teacher}", "init.epochs=2"]
+    assert main(["train", str(recipe), *overrides, "--run-dir", str(run_dir)]) == 0
+    assert "init stage of ft: 2 epochs at lr 0.01" in capsys.readouterr().out  # FT's rule for resnet students
+    rows = read_metrics(run_dir)
+    init_rows = [r for r in rows if r.get("stage") == "init"]
+    assert [r["init/epoch"] for r in init_rows] == [1, 2] and all(math.isfinite(r["init/loss/ft"]) for r in init_rows)
+    assert rows[-1]["epoch"] == 1 and math.isfinite(rows[-1]["train/loss/ft"])
 
 
 def test_two_processes_train_as_one_job(fake_cifar100, tiny_teacher, tmp_path):
