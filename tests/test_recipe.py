@@ -211,8 +211,10 @@ def test_the_shipped_recipe_set_is_complete():
     names = {str(p.relative_to(REPO / "recipes")) for p in SHIPPED}
     assert len([n for n in names if n.startswith("cifar100/teachers/")]) == 6
     assert len([n for n in names if n.startswith("cifar100/vanilla/")]) == 13
-    for method in ("vanilla", "kd", "crd", "crd_kd", "ml_cpc", "ml_cpc_kd"):
+    methods = ("vanilla", "kd", "crd", "crd_kd", "ml_cpc", "ml_cpc_kd", "dkd", "hint", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "nst")
+    for method in methods:
         assert len([n for n in names if n.startswith(f"cifar100/{method}/")]) == 13, method
+    assert len([n for n in names if n.startswith("cifar100/fsp/")]) == 6  # N/A where channel counts differ
 
 
 def test_method_recipes_carry_the_reference_weights():

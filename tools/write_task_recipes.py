@@ -55,6 +55,13 @@ CLASSIC = {
 for _name, _label in CLASSIC.items():
     METHODS[_name] = ((_name,), True, f"{_label}: {{teacher}} → {{student}}, reference weights (CE 1 + β·{_name})")
 
+# DKD's published settings differ per task (beta), so its fragment is per task.
+METHODS["dkd"] = (
+    ("dkd/{task}",),
+    True,
+    "DKD (Zhao et al. 2022): {teacher} → {student}, CE + DKD with the authors' per-task settings (mdistiller)",
+)
+
 # FSP compares channel×channel matrices, so it needs equal channel counts in every map:
 # the CRD paper reports it as N/A for these tasks (building it fails with that reason).
 NOT_APPLICABLE = {"fsp": {task.name for task in TASKS if not task.same_family} | {"wrn_40_2-wrn_40_1"}}
@@ -78,10 +85,11 @@ def lr_lines(student: str) -> str:
 
 def task_recipe(method: str, teacher: str, student: str) -> str:
     fragments, uses_teacher, template = METHODS[method]
-    bases = ["../_base_/cifar100.yaml", *(f"../_base_/{fragment}.yaml" for fragment in fragments)]
+    task = f"{teacher}-{student}"
+    bases = ["../_base_/cifar100.yaml", *(f"../_base_/{fragment.format(task=task)}.yaml" for fragment in fragments)]
     if uses_teacher:
         bases.insert(1, f"../_base_/teacher/{teacher}.yaml")
-    description = template.format(teacher=teacher, student=student, task=f"{teacher}-{student}")
+    description = template.format(teacher=teacher, student=student, task=task)
     return (
         f"_base_: [{', '.join(bases)}]\n"
         f'description: "{description}"\n'

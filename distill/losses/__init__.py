@@ -14,6 +14,7 @@ from distill.losses import (  # noqa: E402,F401
     ce,
     contrastive,
     correlation,
+    dkd,
     fitnet,
     fsp,
     ft,
