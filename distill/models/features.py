@@ -36,15 +36,6 @@ class FeatureRecord:
         """The reference's ``feats`` list: the maps followed by the pooled vector."""
         return [*(self.preact_maps if preact else self.maps), self.pooled]
 
-    def detach(self) -> "FeatureRecord":
-        """A copy whose tensors carry no autograd history (for the frozen teacher)."""
-        return FeatureRecord(
-            maps=[m.detach() for m in self.maps],
-            preact_maps=[m.detach() for m in self.preact_maps],
-            pooled=self.pooled.detach(),
-            logits=self.logits.detach(),
-        )
-
     def shapes(self) -> "FeatureShapes":
         """Per-sample shapes (without the batch dimension) of every field."""
         return FeatureShapes(

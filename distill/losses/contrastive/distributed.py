@@ -2,8 +2,8 @@
 
 Every process scores its own batch, but every bank must receive every process's
 embeddings, or the banks drift apart (the reference is single-GPU only). These
-helpers all-gather rows (of possibly different counts per process) and average
-scalars; with one process they return their input.
+helpers all-gather rows (of possibly different counts per process); with one
+process they return their input.
 """
 
 from __future__ import annotations
@@ -35,11 +35,3 @@ def all_gather_rows(tensor: Tensor) -> Tensor:
     dist.all_gather(gathered, padded.contiguous())
     return torch.cat([g[: int(c.item())] for g, c in zip(gathered, counts)], dim=0)
 
-
-def mean_across_processes(value: Tensor) -> Tensor:
-    """The average of ``value`` over processes (every process gets the same result)."""
-    if world_size() == 1:
-        return value
-    total = value.clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total / world_size()
