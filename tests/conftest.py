@@ -1,8 +1,10 @@
-"""Shared fixtures: a small fake CIFAR-100 in the real on-disk format, and a tiny teacher."""
+"""Shared fixtures: a small fake CIFAR-100 in the real on-disk format, a tiny teacher, and the six manifest teachers."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import shutil
 
 import pytest
 import torch
@@ -29,3 +31,24 @@ def tiny_teacher(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("teacher") / "ckpt_epoch_240.pth"
     torch.save({"epoch": 240, "model": create_model("resnet14").state_dict(), "accuracy": torch.tensor(1.0)}, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def random_teachers(tmp_path_factory) -> Path:
+    """A copy of teachers/cifar100.yaml whose six files exist: random weights in the RepDistiller format.
+
+    Point ``DISTILL_TEACHER_MANIFEST`` at it (monkeypatch.setenv) and recipes that say
+    ``teacher: {name: ...}`` resolve their checkpoints the way a user's run does.
+    """
+    from distill.models import create_model
+    from distill.teachers import load_manifest
+
+    root = tmp_path_factory.mktemp("teachers")
+    manifest_path = root / "cifar100.yaml"
+    shutil.copy(REPO / "teachers" / "cifar100.yaml", manifest_path)
+    for entry in load_manifest(manifest_path).teachers.values():
+        torch.manual_seed(0)
+        target = root / entry.file
+        target.parent.mkdir(parents=True)
+        torch.save({"epoch": 240, "model": create_model(entry.arch).state_dict(), "accuracy": 1.0}, target)
+    return manifest_path

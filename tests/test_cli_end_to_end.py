@@ -38,7 +38,7 @@ def kd_run(fake_cifar100, tiny_teacher, tmp_path_factory) -> Path:
     overrides = [
         *small_run_overrides(fake_cifar100),
         "student.arch=resnet8",
-        "teacher.arch=resnet14",
+        "teacher.name=null", "teacher.arch=resnet14",
         f"teacher.checkpoint={tiny_teacher}",
     ]
     assert main(["train", str(KD_RECIPE), *overrides, "--run-dir", str(run_dir)]) == 0
@@ -130,7 +130,7 @@ def test_recipes_lists_every_shipped_recipe(capsys):
 def test_a_two_stage_method_runs_both_stages(fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / "ft"
     recipe = REPO / "recipes/cifar100/ft/resnet32x4-resnet8x4.yaml"
-    overrides = [*small_run_overrides(fake_cifar100, epochs=1), "student.arch=resnet8", "teacher.arch=resnet14",
+    overrides = [*small_run_overrides(fake_cifar100, epochs=1), "student.arch=resnet8", "teacher.name=null", "teacher.arch=resnet14",
                  f"teacher.checkpoint={tiny_teacher}", "init.epochs=2"]
     assert main(["train", str(recipe), *overrides, "--run-dir", str(run_dir)]) == 0
     assert "init stage of ft: 2 epochs at lr 0.01" in capsys.readouterr().out  # FT's rule for resnet students
@@ -146,7 +146,7 @@ def test_two_processes_train_as_one_job(fake_cifar100, tiny_teacher, tmp_path):
     recipe = REPO / "recipes/cifar100/crd_kd/resnet32x4-resnet8x4.yaml"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "distill", "train", str(recipe),
-        *small_run_overrides(fake_cifar100, epochs=1), "student.arch=resnet8", "teacher.arch=resnet14",
+        *small_run_overrides(fake_cifar100, epochs=1), "student.arch=resnet8", "teacher.name=null", "teacher.arch=resnet14",
         f"teacher.checkpoint={tiny_teacher}", "losses.crd.num_negatives=200", "--run-dir", str(run_dir),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

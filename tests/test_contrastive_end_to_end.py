@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 def overrides(data_root: Path, teacher: Path) -> list[str]:
     return [
         f"data.root={data_root}", "data.verify=false", "data.download=false", "data.num_workers=0",
-        "schedule.epochs=1", "log_every=2", "student.arch=resnet8", "teacher.arch=resnet14",
+        "schedule.epochs=1", "log_every=2", "student.arch=resnet8", "teacher.name=null", "teacher.arch=resnet14",
         f"teacher.checkpoint={teacher}",
     ]
 

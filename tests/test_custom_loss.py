@@ -32,7 +32,7 @@ def tutorial_files() -> dict[str, str]:
 def small_overrides(data_root: Path, teacher: Path) -> list[str]:
     return [
         f"data.root={data_root}", "data.verify=false", "data.download=false", "data.num_workers=0",
-        "schedule.epochs=1", "student.arch=resnet8", "teacher.arch=resnet14", f"teacher.checkpoint={teacher}",
+        "schedule.epochs=1", "student.arch=resnet8", "teacher.name=null", "teacher.arch=resnet14", f"teacher.checkpoint={teacher}",
     ]
 
 

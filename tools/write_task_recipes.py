@@ -66,14 +66,12 @@ METHODS["dkd"] = (
 # the CRD paper reports it as N/A for these tasks (building it fails with that reason).
 NOT_APPLICABLE = {"fsp": {task.name for task in TASKS if not task.same_family} | {"wrn_40_2-wrn_40_1"}}
 
-TEACHER_CHECKPOINT = "teachers/{arch}_vanilla/ckpt_epoch_240.pth"
-
-
 def teacher_fragment(arch: str) -> str:
     return (
-        f"# The {arch} teacher. The default path follows RepDistiller's download layout\n"
-        f"# (save/models/{arch}_vanilla/ckpt_epoch_240.pth); override with teacher.checkpoint=PATH.\n"
-        f"teacher:\n  arch: {arch}\n  checkpoint: {TEACHER_CHECKPOINT.format(arch=arch)}\n"
+        f"# The {arch} teacher, by its name in the teacher manifest (teachers/cifar100.yaml): the\n"
+        f"# checkpoint is the published file once fetched ('distill teachers fetch {arch}') or the\n"
+        f"# newest run of recipes/cifar100/teachers/{arch}.yaml. teacher.checkpoint=PATH overrides it.\n"
+        f"teacher:\n  name: {arch}\n"
     )
 
 
@@ -101,7 +99,8 @@ def teacher_recipe(arch: str) -> str:
     return (
         "_base_: [../_base_/cifar100.yaml, ../_base_/ce.yaml]\n"
         f'description: "teacher: train {arch} on CIFAR-100 from scratch with CE (reference schedule)"\n'
-        f"student:\n  arch: {arch}\n" + lr_lines(arch)
+        f"student:\n  arch: {arch}\n" + lr_lines(arch) + "# where the teacher manifest (teachers/cifar100.yaml, trained_runs) looks for it\n"
+        f"output_dir: teachers/trained/{arch}\n"
     )
 
 

@@ -40,6 +40,7 @@ from distill.errors import DistillError, RecipeError
 from distill.losses import Batch, InitStage, LossContext, build_loss
 from distill.models import create_model, probe_feature_shapes
 from distill.recipe import Recipe, recipe_to_dict, recipe_to_yaml
+from distill.recipe.load import resolve_teacher_checkpoint
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 INIT_DATA_SEED_OFFSET = 1_000_000
@@ -130,12 +131,19 @@ class Trainer:
             self._log_file.flush()
 
     def _check_files(self) -> None:
-        """Fail before any work when a checkpoint the recipe names is missing."""
-        for role, spec in (("student", self.recipe.student), ("teacher", self.recipe.teacher)):
+        """Fail before any work when a checkpoint the recipe names is missing.
+
+        A teacher named through the manifest gets its checkpoint path filled in here, so
+        the run directory's ``recipe.yaml`` records the file that was actually used.
+        """
+        teacher = self.recipe.teacher
+        if teacher is not None:
+            teacher.checkpoint = resolve_teacher_checkpoint(teacher)
+        for role, spec in (("student", self.recipe.student), ("teacher", teacher)):
             if spec is not None and spec.checkpoint is not None and not Path(spec.checkpoint).is_file():
                 hint = (
-                    " Download the published teacher (see README, 'Teachers') or train one with "
-                    "'distill train recipes/cifar100/teachers/<arch>.yaml', then pass teacher.checkpoint=PATH."
+                    " Fetch a published teacher ('distill teachers fetch <name>', then use teacher.name=<name>) "
+                    "or train one with 'distill train recipes/cifar100/teachers/<arch>.yaml'."
                     if role == "teacher"
                     else ""
                 )
@@ -251,16 +259,10 @@ class Trainer:
         log_every, pending = self.recipe.log_every, 0
         started = time.perf_counter()
         for index, (inputs, labels, indices) in enumerate(self.train_loader, start=1):
-            terms, total, _ = distiller(inputs, labels, indices)
-            if self.state.step == 0:
-                self._check_first_terms(terms)
-            self.optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(total)
-            self.optimizer.step()
+            terms, total = self.train_step(inputs, labels, indices)
             batch = labels.shape[0]
             sums += torch.stack([*terms.values(), total]).detach().double() * batch
             seen += batch
-            self.state.step += 1
             pending += 1
             if index % log_every == 0 or index == len(self.train_loader):
                 means = (sums / seen).tolist()  # the only host sync: once per log interval
@@ -277,6 +279,19 @@ class Trainer:
         record["train/images_per_s"] = seen.item() / elapsed
         record["time/epoch_s"] = elapsed
         return record
+
+    def train_step(
+        self, inputs: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One optimisation step on one batch; returns the loss terms and the weighted total (on the device)."""
+        terms, total, _ = self.distiller(inputs, labels, indices)
+        if self.state.step == 0:
+            self._check_first_terms(terms)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(total)
+        self.optimizer.step()
+        self.state.step += 1
+        return terms, total
 
     def _check_first_terms(self, terms: dict[str, torch.Tensor]) -> None:
         """On the very first batch, every loss must give a finite scalar (catches broken plugins early)."""

@@ -10,9 +10,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Iterable
 
-from distill.errors import RecipeError, UnknownNameError
+from distill.errors import DistillError, RecipeError, UnknownNameError
 from distill.recipe.compose import ComposedRecipe, KeyPath, apply_overrides, compose_file, format_key
-from distill.recipe.schema import LossSpec, Recipe
+from distill.recipe.schema import LossSpec, Recipe, TeacherSpec
 from distill.recipe.validate import ValidationIssue, build_dataclass, check_value
 from distill.recipe.yaml_io import dump_yaml
 
@@ -92,6 +92,8 @@ def _cross_check(recipe: Recipe, composed: ComposedRecipe) -> None:
     from distill.models import is_model, list_models
     from distill.registry import did_you_mean
 
+    if recipe.teacher is not None:
+        _resolve_teacher_arch(recipe.teacher, composed)
     for role, spec in (("student", recipe.student), ("teacher", recipe.teacher)):
         if spec is not None and not is_model(spec.arch):
             raise _fail(
@@ -114,13 +116,14 @@ def _cross_check(recipe: Recipe, composed: ComposedRecipe) -> None:
                     composed,
                     ("losses", spec.name),
                     f"loss {spec.type!r} needs a teacher, but the recipe has no 'teacher:' section; "
-                    f"add one (teacher.arch, teacher.checkpoint) or remove this term",
+                    f"add one (teacher.name, or teacher.arch and teacher.checkpoint) or remove this term",
                 )
-    elif recipe.teacher.checkpoint is None:
+    elif recipe.teacher.checkpoint is None and recipe.teacher.name is None:
         raise _fail(
             composed,
             ("teacher", "checkpoint"),
-            "a teacher needs its trained weights: set teacher.checkpoint=PATH "
+            "a teacher needs its trained weights: name a manifest teacher (teacher.name=resnet32x4, "
+            "see 'distill teachers list') or set teacher.checkpoint=PATH "
             "(a RepDistiller/mdistiller ckpt_epoch_240.pth or a distill run's checkpoint)",
         )
     positive = {
@@ -138,6 +141,49 @@ def _cross_check(recipe: Recipe, composed: ComposedRecipe) -> None:
         raise _fail(composed, ("optimizer", "lr"), f"must be positive, got {recipe.optimizer.lr}")
     if recipe.schedule.milestones != sorted(recipe.schedule.milestones):
         raise _fail(composed, ("schedule", "milestones"), f"must be increasing, got {recipe.schedule.milestones}")
+
+
+def _resolve_teacher_arch(teacher: TeacherSpec, composed: ComposedRecipe) -> None:
+    """Fill ``teacher.arch`` from the manifest when the recipe names the teacher.
+
+    The checkpoint is resolved later, when a run starts (:func:`resolve_teacher_checkpoint`):
+    a recipe stays loadable (``distill recipes``, validation) before its teacher is fetched.
+    """
+    if teacher.name is None:
+        if teacher.arch is None:
+            raise _fail(
+                composed,
+                ("teacher",),
+                "a teacher needs 'name' (a manifest teacher, see 'distill teachers list') or 'arch' and 'checkpoint'",
+            )
+        return
+    from distill.teachers import load_manifest
+
+    try:
+        entry = load_manifest(teacher.manifest).get(teacher.name)
+    except DistillError as error:
+        raise _fail(composed, ("teacher", "name"), str(error)) from None
+    if teacher.arch is None:
+        teacher.arch = entry.arch
+    elif teacher.arch != entry.arch:
+        raise _fail(
+            composed,
+            ("teacher", "arch"),
+            f"{teacher.arch!r} contradicts the manifest, where teacher {teacher.name!r} is a {entry.arch}; "
+            f"drop teacher.arch to use the manifest's teacher, or set teacher.name=null and give "
+            f"teacher.checkpoint to use another network",
+        )
+
+
+def resolve_teacher_checkpoint(teacher: TeacherSpec) -> str:
+    """The checkpoint file a teacher spec points to: its own ``checkpoint``, else the manifest's file."""
+    if teacher.checkpoint is not None:
+        return teacher.checkpoint
+    if teacher.name is None:
+        raise RecipeError("teacher.checkpoint is not set and the teacher has no manifest name")
+    from distill.teachers import load_manifest
+
+    return str(load_manifest(teacher.manifest).require_checkpoint(teacher.name))
 
 
 def _load_plugins(composed: ComposedRecipe) -> None:

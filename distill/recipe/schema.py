@@ -23,6 +23,22 @@ class ModelSpec:
 
 
 @dataclass
+class TeacherSpec:
+    """The frozen teacher: a manifest name (``teacher: {name: resnet32x4}``) or an architecture and weights.
+
+    With ``name``, the architecture and the checkpoint come from the teacher manifest
+    (``teachers/cifar100.yaml``, or ``manifest``); an explicit ``checkpoint`` still wins,
+    which is how a run directory's resolved ``recipe.yaml`` pins the file it used.
+    """
+
+    arch: str | None = None
+    checkpoint: str | None = None
+    name: str | None = None
+    manifest: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class DataSpec:
     """Where the data comes from and how it is batched."""
 
@@ -80,7 +96,7 @@ class Recipe:
     losses: dict[str, LossSpec]
     name: str = "run"
     description: str = ""
-    teacher: ModelSpec | None = None
+    teacher: TeacherSpec | None = None
     data: DataSpec = field(default_factory=DataSpec)
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
