@@ -1,0 +1,442 @@
+"""Benchmark tables in the CRD paper's layout, from run records: aggregation and rendering.
+
+Everything here is a pure function (records in, numbers or text out) so that the
+arithmetic and the layout can be tested without training anything. The CLI
+(``distill report``) does the file handling.
+
+Layout: one column per teacher→student task, in the paper's order, one row per
+method. A cell holds our mean ± sample std over seeds, the number of finished
+runs, the published number and our difference to it. Runs that have not finished
+are counted and shown, never averaged in: a half-trained run would drag a mean down.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from distill.benchmark.published import PublishedResults
+from distill.benchmark.runs import TEACHER_METHOD, RunRecord
+from distill.benchmark.tasks import TASKS
+
+Metric = Literal["final", "best"]
+METRICS: tuple[str, ...] = ("final", "best")
+
+METHOD_ORDER: tuple[str, ...] = (
+    "teacher", "vanilla", "kd", "hint", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst",
+    "crd", "crd_kd", "dkd", "ml_cpc", "ml_cpc_kd",
+)  # fmt: skip
+"""Row order: the CRD paper's, then the later methods; other methods follow alphabetically."""
+
+REFERENCE_EPOCHS = 240
+"""The CRD paper's schedule; cells of runs trained for another number of epochs say so."""
+
+MINUS = "\u2212"
+NO_VALUE = "\u2013"
+NOTHING_FINISHED = "\u2014"
+TASK_NAMES = tuple(task.name for task in TASKS)
+
+CSV_COLUMNS = (
+    "method", "task", "teacher", "student", "metric", "n_complete", "n_incomplete", "seeds",
+    "mean", "std", "published", "delta", "published_source",
+)  # fmt: skip
+
+CellKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The runs of one (method, task): the metric of each finished run, and how many have not finished."""
+
+    method: str
+    task: str
+    teacher_arch: str | None
+    student_arch: str
+    values: tuple[float, ...]
+    seeds: tuple[int | None, ...]
+    """Seeds of the finished runs, in the order of ``values``."""
+    incomplete_seeds: tuple[int | None, ...]
+    epochs: tuple[int, ...]
+    """Distinct epoch counts of the finished runs."""
+
+    @property
+    def n_complete(self) -> int:
+        return len(self.values)
+
+    @property
+    def n_incomplete(self) -> int:
+        return len(self.incomplete_seeds)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation (n−1); None for fewer than two runs, where it is undefined."""
+        return statistics.stdev(self.values) if len(self.values) >= 2 else None
+
+
+def record_value(record: RunRecord, metric: Metric) -> float | None:
+    """The run's number under ``metric``; None while the run is incomplete."""
+    if not record.complete:
+        return None
+    return record.final_top1 if metric == "final" else record.best_top1
+
+
+def record_cells(record: RunRecord) -> list[tuple[str, str | None, str]]:
+    """The (task, teacher arch, student arch) columns a run belongs to.
+
+    A teacher run counts for every benchmark task that uses that teacher (it is the
+    paper's "Teacher" row there); any other run for its own task. Benchmark tasks
+    take their archs from the task, so a vanilla run (no teacher) still names one.
+    """
+    if record.method == TEACHER_METHOD:
+        tasks = [(t.name, t.teacher, t.student) for t in TASKS if t.teacher == record.student_arch]
+        if tasks:
+            return tasks
+    if record.task in TASK_NAMES:
+        spec = TASKS[TASK_NAMES.index(record.task)]
+        return [(spec.name, spec.teacher, spec.student)]
+    return [(record.task, record.teacher_arch, record.student_arch)]
+
+
+def aggregate(records: Iterable[RunRecord], metric: Metric = "final") -> dict[CellKey, Cell]:
+    """Group runs by (method, task); finished runs give values, unfinished ones are only counted."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    groups: dict[CellKey, list[RunRecord]] = defaultdict(list)
+    archs: dict[CellKey, tuple[str | None, str]] = {}
+    for record in records:
+        for task, teacher, student in record_cells(record):
+            groups[record.method, task].append(record)
+            archs[record.method, task] = (teacher, student)
+    cells = {}
+    for key, group in groups.items():
+        finished = sorted(
+            ((r.seed, value, r.epochs_done) for r in group if (value := record_value(r, metric)) is not None),
+            key=lambda item: (item[0] is None, item[0] or 0),
+        )
+        cells[key] = Cell(
+            method=key[0],
+            task=key[1],
+            teacher_arch=archs[key][0],
+            student_arch=archs[key][1],
+            values=tuple(value for _, value, _ in finished),
+            seeds=tuple(seed for seed, _, _ in finished),
+            incomplete_seeds=tuple(r.seed for r in group if record_value(r, metric) is None),
+            epochs=tuple(sorted({epochs for _, _, epochs in finished})),
+        )
+    return cells
+
+
+def measured_teachers(records: Iterable[RunRecord]) -> dict[str, tuple[float, ...]]:
+    """Per task, the distinct teacher accuracies the distillation runs measured before training."""
+    found: dict[str, set[float]] = defaultdict(set)
+    for record in records:
+        if record.teacher_top1_measured is not None:
+            found[record.task].add(record.teacher_top1_measured)
+    return {task: tuple(sorted(values)) for task, values in found.items()}
+
+
+def method_order(methods: Iterable[str]) -> list[str]:
+    """The paper's row order for the known methods, then the others alphabetically."""
+    unique = set(methods)
+    known = [m for m in METHOD_ORDER if m in unique]
+    return known + sorted(unique - set(METHOD_ORDER))
+
+
+def task_order(tasks: Iterable[str], all_tasks: bool = False) -> list[str]:
+    """The benchmark tasks in the paper's order (all 13 with ``all_tasks``), then other tasks alphabetically."""
+    unique = set(tasks)
+    known = [name for name in TASK_NAMES if all_tasks or name in unique]
+    return known + sorted(unique - set(TASK_NAMES))
+
+
+def published_delta(mean: float, published: float) -> float:
+    """Ours − paper, from the mean as displayed (2 decimals) so the numbers in a cell add up."""
+    return round(round(mean, 2) - published, 2)
+
+
+def format_number(value: float | None) -> str:
+    return NO_VALUE if value is None else f"{value:.2f}"
+
+
+def format_delta(delta: float) -> str:
+    """``+0.18``, ``−0.18`` (a true minus sign) or ``±0.00``."""
+    if round(delta, 2) == 0:
+        return "\u00b10.00"
+    return f"+{delta:.2f}" if delta > 0 else f"{MINUS}{-delta:.2f}"
+
+
+def method_title(method: str, published: PublishedResults) -> str:
+    """The row title: the published label, with our key when the label does not contain it (``FitNet (hint)``)."""
+    label = published.label(method)
+    simple = "".join(ch for ch in label.lower() if ch.isalnum())
+    key = "".join(ch for ch in method.lower() if ch.isalnum())
+    return label if key in simple else f"{label} ({method})"
+
+
+def header_cell(task: str, archs: tuple[str | None, str] | None, published: PublishedResults) -> str:
+    """``resnet32x4 → resnet8x4<br>T 79.42 · S 72.50`` for a benchmark task; the archs for any other."""
+    if task in TASK_NAMES:
+        spec = TASKS[TASK_NAMES.index(task)]
+        teacher, vanilla = published.teacher_top1(task), published.vanilla_top1(task)
+        return f"{spec.teacher} \u2192 {spec.student}<br>T {format_number(teacher)} \u00b7 S {format_number(vanilla)}"
+    if archs is not None and archs[0] is not None:
+        return f"{archs[0]} \u2192 {archs[1]}"
+    return task
+
+
+def ours_text(cell: Cell) -> str:
+    """``75.33 ± 0.20 (n=3)``, ``75.33 ± – (n=1)``, or ``— (2 incomplete)`` when no run finished."""
+    if cell.mean is None:
+        return f"{NOTHING_FINISHED} ({cell.n_incomplete} incomplete)"
+    text = f"{format_number(cell.mean)} \u00b1 {format_number(cell.std)} (n={cell.n_complete})"
+    if cell.n_incomplete:
+        text += f"<br>+{cell.n_incomplete} incomplete"
+    if cell.epochs and cell.epochs != (REFERENCE_EPOCHS,):
+        unit = "epoch" if cell.epochs == (1,) else "epochs"
+        text += f"<br>{', '.join(map(str, cell.epochs))} {unit} (paper: {REFERENCE_EPOCHS})"
+    return text
+
+
+def paper_text(method: str, task: str, mean: float | None, published: PublishedResults, metric: Metric) -> str:
+    """``paper 75.51 (−0.18)``; ``paper n/a`` where the source has no number; nothing off the benchmark.
+
+    Under the best-epoch metric the difference is left out: the papers report the last epoch.
+    """
+    if method not in published.rows or task not in TASK_NAMES:
+        return ""
+    value = published.top1(method, task)
+    if value is None:
+        return "paper n/a"
+    if mean is None or metric != "final":
+        return f"paper {format_number(value)}"
+    return f"paper {format_number(value)} ({format_delta(published_delta(mean, value))})"
+
+
+def format_cell(cell: Cell | None, method: str, task: str, published: PublishedResults, metric: Metric) -> str:
+    """A table cell: our result, then the published number on a second line."""
+    ours = ours_text(cell) if cell is not None else ""
+    paper = paper_text(method, task, cell.mean if cell is not None else None, published, metric)
+    return "<br>".join(part for part in (ours, paper) if part)
+
+
+def measured_teacher_cell(values: Sequence[float], task: str, published: PublishedResults) -> str:
+    """The teacher checkpoint's accuracy as the runs measured it, against the published teacher."""
+    if not values:
+        return ""
+    ours = format_number(values[0])
+    if len(values) > 1:
+        ours += f"\u2013{format_number(values[-1])}"
+    paper = published.teacher_top1(task)
+    if paper is None:
+        return ours
+    if len(values) == 1:
+        return f"{ours}<br>paper {format_number(paper)} ({format_delta(published_delta(values[0], paper))})"
+    return f"{ours}<br>paper {format_number(paper)}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def results_table(
+    cells: Mapping[CellKey, Cell],
+    published: PublishedResults,
+    metric: Metric = "final",
+    all_tasks: bool = False,
+    teachers_measured: Mapping[str, Sequence[float]] | None = None,
+) -> str:
+    """The main table: tasks as columns, methods as rows (plus the measured teacher checkpoints, if any)."""
+    tasks = task_order((task for _, task in cells), all_tasks)
+    archs = {task: (cell.teacher_arch, cell.student_arch) for (_, task), cell in cells.items()}
+    header = ["Method", *(header_cell(task, archs.get(task), published) for task in tasks)]
+    methods = method_order(method for method, _ in cells)
+    rows = [
+        [method_title(method, published)]
+        + [format_cell(cells.get((method, task)), method, task, published, metric) for task in tasks]
+        for method in methods
+    ]
+    measured = measured_row(tasks, published, teachers_measured or {})
+    if measured:
+        at = methods.index(TEACHER_METHOD) + 1 if TEACHER_METHOD in methods else 0
+        rows.insert(at, measured)
+    return markdown_table(header, rows)
+
+
+def measured_row(
+    tasks: Sequence[str], published: PublishedResults, teachers_measured: Mapping[str, Sequence[float]]
+) -> list[str] | None:
+    """The "teacher checkpoint (measured)" row, or None when no run of these tasks measured its teacher."""
+    if not any(teachers_measured.get(task) for task in tasks):
+        return None
+    return ["Teacher checkpoint (measured)"] + [
+        measured_teacher_cell(teachers_measured.get(task, ()), task, published) for task in tasks
+    ]
+
+
+def delta_summary(cells: Mapping[CellKey, Cell], published: PublishedResults) -> str:
+    """Per method, how far our means are from the paper on average over the tasks that have both numbers."""
+    deltas: dict[str, list[float]] = defaultdict(list)
+    for (method, task), cell in cells.items():
+        paper = published.top1(method, task)
+        if cell.mean is not None and paper is not None:
+            deltas[method].append(published_delta(cell.mean, paper))
+    rows = [
+        [
+            method_title(method, published),
+            str(len(deltas[method])),
+            format_delta(statistics.fmean(deltas[method])),
+            f"{format_delta(min(deltas[method]))} \u2026 {format_delta(max(deltas[method]))}",
+        ]
+        for method in method_order(deltas)
+    ]
+    if not rows:
+        return ""
+    return markdown_table(["Method", "tasks compared", "mean difference", "range"], rows)
+
+
+def title_block(metric: Metric, published: PublishedResults) -> str:
+    """The heading and legend: the metric in the table, how to read a cell, where the paper numbers come from."""
+    if metric == "final":
+        what = (
+            "**Metric: last-epoch top-1 (the CRD paper's protocol)**: test top-1 (%) after the last "
+            "training epoch (`final_top1` of each run's summary.json)."
+        )
+    else:
+        what = (
+            "**Metric: BEST-epoch top-1, selected on the test set \u2014 not comparable to the papers.** "
+            "The best epoch is picked by looking at test accuracy, which flatters every run; the papers "
+            "report the last epoch. Published numbers are shown for reference, without a difference."
+        )
+    legend = (
+        "Cells: mean \u00b1 sample standard deviation (n\u22121) over the finished runs "
+        f"(n = how many; {NO_VALUE} when n=1), then the published number and, in brackets, ours \u2212 paper. "
+        "Runs without summary.json are incomplete: counted (`+k incomplete`), never averaged. "
+        "Column headers: teacher \u2192 student, with the published accuracies of the teacher (T) and "
+        "of the student trained alone (S)."
+    )
+    return "\n\n".join(["# CIFAR-100 benchmark report", what, legend, sources_legend(published)])
+
+
+def sources_legend(published: PublishedResults) -> str:
+    """Which published rows come from which source (second-hand and missing numbers said so)."""
+    by_source: dict[str, list[str]] = defaultdict(list)
+    for key, row in published.rows.items():
+        by_source[row.source].append(key)
+    lines = [f"Published numbers. {published.protocol}", ""]
+    for source_key, keys in by_source.items():
+        source = published.sources[source_key]
+        labels = ", ".join(published.label(key) for key in keys)
+        text = f"- {labels}: {source.title}, {source.citation()}"
+        if source.copied_from:
+            text += f"; second-hand, copied from the READMEs of {', '.join(source.copied_from)}"
+        if all(value is None for key in keys for value in published.rows[key].results.values()):
+            text += "; no numbers available"
+        lines.append(text + ".")
+    lines.append("- Per-row notes: `distill/benchmark/published.yaml`.")
+    return "\n".join(lines)
+
+
+def incomplete_section(records: Iterable[RunRecord]) -> str:
+    """A list of the runs that have not finished, with their progress and folder."""
+    lines = []
+    for record in records:
+        if record.complete:
+            continue
+        planned = record.epochs_planned if record.epochs_planned is not None else "?"
+        seed = NO_VALUE if record.seed is None else record.seed
+        progress = f"epoch {record.epochs_done}/{planned}"
+        lines.append(f"- {record.method} / {record.task}, seed {seed}: {progress} \u2014 `{record.path}`")
+    if not lines:
+        return ""
+    return "## Incomplete runs (not averaged)\n\n" + "\n".join(lines)
+
+
+def figures_section(figures: Sequence[str]) -> str:
+    """Markdown image links to the curves (paths relative to the report)."""
+    if not figures:
+        return ""
+    lines = [f"![{Path(path).stem}]({path})" for path in figures]
+    intro = "## Test top-1 per epoch\n\nOne line per run, coloured by method; dashed lines are incomplete runs."
+    return "\n\n".join([intro, *lines])
+
+
+def render_markdown(
+    records: Sequence[RunRecord],
+    published: PublishedResults,
+    metric: Metric = "final",
+    all_tasks: bool = False,
+    figures: Sequence[str] = (),
+) -> str:
+    """The whole report: legend, results table, differences to the paper, incomplete runs, figure links."""
+    cells = aggregate(records, metric)
+    parts = [
+        title_block(metric, published),
+        results_table(cells, published, metric, all_tasks, measured_teachers(records)),
+    ]
+    if metric == "final":
+        summary = delta_summary(cells, published)
+        if summary:
+            parts.append("## Difference to the paper, per method (ours \u2212 paper)\n\n" + summary)
+    parts += [incomplete_section(records), figures_section(figures)]
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def _csv_number(value: float | None, digits: int) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def csv_rows(
+    cells: Mapping[CellKey, Cell], published: PublishedResults, metric: Metric = "final"
+) -> list[dict[str, str]]:
+    """One row per (method, task) in table order; ``delta`` only under the last-epoch metric (same protocol)."""
+    rows = []
+    tasks = task_order(task for _, task in cells)
+    for method in method_order(method for method, _ in cells):
+        for task in tasks:
+            cell = cells.get((method, task))
+            if cell is None:
+                continue
+            paper = published.top1(method, task)
+            source = published.source(method)
+            delta = None
+            if metric == "final" and cell.mean is not None and paper is not None:
+                delta = published_delta(cell.mean, paper)
+            rows.append(
+                {
+                    "method": method,
+                    "task": task,
+                    "teacher": cell.teacher_arch or "",
+                    "student": cell.student_arch,
+                    "metric": metric,
+                    "n_complete": str(cell.n_complete),
+                    "n_incomplete": str(cell.n_incomplete),
+                    "seeds": " ".join("?" if seed is None else str(seed) for seed in cell.seeds),
+                    "mean": _csv_number(cell.mean, 4),
+                    "std": _csv_number(cell.std, 4),
+                    "published": _csv_number(paper, 2),
+                    "delta": _csv_number(delta, 2),
+                    "published_source": f"{source.key}: {source.citation()}" if source is not None else "",
+                }
+            )
+    return rows
+
+
+def write_csv(path: Path, cells: Mapping[CellKey, Cell], published: PublishedResults, metric: Metric = "final") -> Path:
+    """Write :func:`csv_rows` as a CSV file with a header row (long format, one row per method and task)."""
+    with Path(path).open("w", encoding="utf-8", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(csv_rows(cells, published, metric))
+    return Path(path)

@@ -1,0 +1,389 @@
+"""``distill report``: reading run directories, aggregating seeds, the CRD-layout tables, CSV, figures, published numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distill.benchmark import published as published_module
+from distill.benchmark.published import load_published, parse_published
+from distill.benchmark.report import aggregate, csv_rows, render_markdown, results_table, write_csv
+from distill.benchmark.runs import classify, find_runs
+from distill.benchmark.tasks import TASKS
+from distill.cli.main import main
+from distill.errors import DistillError
+
+REPO = Path(__file__).resolve().parent.parent
+R32_R8 = "resnet32x4-resnet8x4"
+VGG = "vgg13-vgg8"
+CROSS_ARCH = [task.name for task in TASKS if not task.same_family]
+MINUS = "\u2212"
+
+# Final and best top-1 of the finished runs, per (method, task): {seed: (final, best)}.
+FINISHED = {
+    ("kd", R32_R8): {0: (73.10, 73.40), 1: (73.50, 73.90), 2: (73.20, 73.30)},
+    ("crd", R32_R8): {0: (75.40, 75.60), 1: (75.00, 75.50)},
+    ("kd", VGG): {0: (72.50, 72.80), 1: (73.00, 73.10)},
+    ("crd", VGG): {0: (74.00, 74.20), 1: (73.80, 74.00), 2: (74.30, 74.60)},
+}
+ARCHS = {R32_R8: ("resnet32x4", "resnet8x4"), VGG: ("vgg13", "vgg8")}
+
+
+def write_run(
+    directory: Path,
+    name: str,
+    student: str,
+    teacher: str | None,
+    seed: int,
+    curve: list[float],
+    final: float | None = None,
+    best: float | None = None,
+    epochs: int = 240,
+    teacher_top1: float | None = None,
+) -> Path:
+    """A run directory as ``distill train`` leaves it; ``final=None`` leaves it unfinished (no summary.json)."""
+    directory.mkdir(parents=True)
+    recipe = {
+        "name": name,
+        "student": {"arch": student, "checkpoint": None},
+        "teacher": None if teacher is None else {"arch": teacher, "checkpoint": "t.pth"},
+        "schedule": {"epochs": epochs, "milestones": [150, 180, 210]},
+        "optimizer": {"name": "sgd", "lr": 0.05, "weight_decay": 5e-4},
+        "seed": seed,
+    }
+    (directory / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    rows: list[dict] = []
+    if teacher_top1 is not None:
+        rows.append({"epoch": 0, "teacher/top1": teacher_top1, "teacher/top5": 95.0})
+    rows.append({"stage": "init", "init/epoch": 1, "init/loss/ft": 0.5})
+    rows += [{"epoch": e, "lr": 0.05, "train/loss/total": 1.0, "test/top1": v, "test/top5": 90.0} for e, v in enumerate(curve, 1)]
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (directory / "run.json").write_text(json.dumps({"seed": seed}), encoding="utf-8")
+    if final is not None:
+        summary = {"final_top1": final, "final_top5": 90.0, "best_top1": best, "best_epoch": 3, "epochs": epochs}
+        (directory / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    return directory
+
+
+@pytest.fixture()
+def runs_dir(tmp_path) -> Path:
+    """2 tasks × 2 methods × 2–3 finished seeds, plus one unfinished CRD run on resnet32x4→resnet8x4."""
+    root = tmp_path / "runs"
+    for (method, task), seeds in FINISHED.items():
+        teacher, student = ARCHS[task]
+        for seed, (final, best) in seeds.items():
+            curve = [final - 20.0, final - 5.0, final]
+            write_run(root / method / task / f"seed{seed}", f"cifar100/{method}/{task}", student, teacher, seed, curve, final, best)
+    write_run(root / "crd" / R32_R8 / "seed2", f"cifar100/crd/{R32_R8}", "resnet8x4", "resnet32x4", 2, [10.0, 20.0, 30.0])
+    return root
+
+
+def mean_and_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std written out, independently of the code under test."""
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def signed(delta: float) -> str:
+    return f"+{delta:.2f}" if delta > 0 else f"{MINUS}{-delta:.2f}"
+
+
+def expected_cell(method: str, task: str, paper: float, incomplete: int = 0) -> str:
+    finals = [final for final, _ in FINISHED[method, task].values()]
+    mean, std = mean_and_std(finals)
+    text = f"{mean:.2f} \u00b1 {std:.2f} (n={len(finals)})"
+    if incomplete:
+        text += f"<br>+{incomplete} incomplete"
+    return text + f"<br>paper {paper:.2f} ({signed(round(round(mean, 2) - paper, 2))})"
+
+
+# --- published numbers ----------------------------------------------------------------------------
+
+
+def test_published_data_covers_all_tasks_with_the_core_rows():
+    published = load_published()
+    for method in ("teacher", "vanilla", "kd", "crd"):
+        row = published.rows[method]
+        assert list(row.results) == [task.name for task in TASKS]
+        assert all(isinstance(value, float) for value in row.results.values()), method
+
+
+def test_published_spot_values():
+    assert published_module.published_top1("crd", R32_R8) == 75.51
+    assert published_module.published_top1("kd", R32_R8) == 73.33
+    assert published_module.published_top1("dkd", R32_R8) == 76.32
+    assert published_module.published_top1("at", "vgg13-MobileNetV2") == 59.40
+    assert published_module.published_top1("crd_kd", "wrn_40_2-ShuffleV1") == 76.27
+    assert published_module.published_top1("dkd", "resnet32x4-ShuffleV2") == 77.07
+    assert published_module.teacher_top1("ResNet50-vgg8") == 79.34
+    assert published_module.vanilla_top1("vgg13-MobileNetV2") == 64.60
+
+
+def test_published_nulls_where_no_number_exists():
+    published = load_published()
+    for task in [*CROSS_ARCH, "wrn_40_2-wrn_40_1"]:
+        assert published.top1("fsp", task) is None, task
+    assert published.top1("fsp", R32_R8) == 72.62
+    assert published.top1("dkd", "resnet110-resnet20") is None
+    assert published.top1("dkd", "ResNet50-vgg8") is None
+    for method in ("ml_cpc", "ml_cpc_kd"):
+        assert all(value is None for value in published.rows[method].results.values())
+
+
+def test_published_labels_and_sources():
+    published = load_published()
+    assert published_module.method_label("hint") == "FitNet"
+    assert published_module.method_label("my_method") == "my_method"
+    assert published_module.source("crd").commit == "b84f547c5db6a35318d4671d7d5c4de74c822403"
+    second_hand = published_module.source("crd_kd")
+    assert "SECOND-HAND" in second_hand.note and "alldbi/SuperMix" in second_hand.copied_from
+    assert "megvii-research/mdistiller" in published_module.source("dkd").url
+    assert "ShuffleNet-V2" in published.rows["dkd"].note
+    assert published_module.source("unknown") is None
+    assert "last" in published.protocol.lower()
+
+
+def test_published_method_keys_are_the_recipe_folders():
+    folders = {p.name for p in (REPO / "recipes/cifar100").iterdir() if p.is_dir()} - {"_base_", "teachers"}
+    assert set(load_published().rows) - {"teacher"} == folders
+
+
+def test_published_validation_names_the_problem():
+    good = yaml.safe_load((REPO / "distill/benchmark/published.yaml").read_text(encoding="utf-8"))
+    bad_task = json.loads(json.dumps(good))
+    bad_task["methods"]["kd"]["results"]["resnet32x4-resnet9"] = 1.0
+    with pytest.raises(DistillError, match=r"methods\.kd\.results.*resnet32x4-resnet9"):
+        parse_published(bad_task)
+    bad_value = json.loads(json.dumps(good))
+    bad_value["methods"]["kd"]["results"][R32_R8] = "73.33"
+    with pytest.raises(DistillError, match=rf"methods\.kd\.results\.{R32_R8}.*number or null"):
+        parse_published(bad_value)
+    missing = json.loads(json.dumps(good))
+    del missing["baselines"]["vanilla"]["results"][VGG]
+    with pytest.raises(DistillError, match=f"missing: {VGG}"):
+        parse_published(missing)
+
+
+# --- reading runs ------------------------------------------------------------------------------------
+
+
+def test_find_runs_reads_each_run(runs_dir):
+    records = find_runs([runs_dir])
+    assert len(records) == 2 + 3 + 2 + 3 + 1
+    unfinished = [r for r in records if not r.complete]
+    assert len(unfinished) == 1
+    run = unfinished[0]
+    assert (run.method, run.task, run.seed) == ("crd", R32_R8, 2)
+    assert run.final_top1 is None and run.epochs_done == 3 and run.epochs_planned == 240
+    assert run.curve == ((1, 10.0), (2, 20.0), (3, 30.0))
+    done = next(r for r in records if r.method == "kd" and r.task == VGG and r.seed == 1)
+    assert (done.final_top1, done.best_top1, done.epochs_done) == (73.00, 73.10, 240)
+
+
+def test_teacher_accuracy_row_is_read_and_kept_out_of_the_curve(tmp_path):
+    write_run(tmp_path / "r", f"cifar100/kd/{R32_R8}", "resnet8x4", "resnet32x4", 0, [40.0, 50.0], 50.0, 50.0, teacher_top1=79.42)
+    (record,) = find_runs([tmp_path])
+    assert record.teacher_top1_measured == 79.42
+    assert record.curve == ((1, 40.0), (2, 50.0))
+
+
+def test_classify_method_and_task():
+    assert classify(f"cifar100/crd/{R32_R8}", "resnet32x4", "resnet8x4") == ("crd", R32_R8)
+    assert classify("cifar100/vanilla/resnet56-resnet20", None, "resnet20") == ("vanilla", "resnet56-resnet20")
+    assert classify("cifar100/teachers/resnet32x4", None, "resnet32x4") == ("teacher", "resnet32x4")
+    assert classify("my_kd", "resnet32x4", "resnet8x4") == ("my_kd", R32_R8)
+    assert classify("my_kd", "resnet14", "resnet8") == ("my_kd", "resnet14-resnet8")
+    assert classify("scratch", None, "resnet8") == ("scratch", "resnet8")
+    # A benchmark recipe trained with another student is not that benchmark task.
+    assert classify(f"cifar100/kd/{R32_R8}", "resnet14", "resnet8") == ("kd", "resnet14-resnet8")
+
+
+def test_damaged_runs_are_skipped_with_a_warning_naming_the_file(tmp_path):
+    good = write_run(tmp_path / "good", f"cifar100/kd/{VGG}", "vgg8", "vgg13", 0, [70.0], 70.0, 70.0)
+    bad_metrics = write_run(tmp_path / "bad_metrics", f"cifar100/kd/{VGG}", "vgg8", "vgg13", 1, [70.0], 71.0, 71.0)
+    with (bad_metrics / "metrics.jsonl").open("a") as file:
+        file.write('{"epoch": 2, "test/top1"\n')
+    bad_summary = write_run(tmp_path / "bad_summary", f"cifar100/kd/{VGG}", "vgg8", "vgg13", 2, [70.0], 72.0, 72.0)
+    (bad_summary / "summary.json").write_text("{not json", encoding="utf-8")
+    bad_recipe = tmp_path / "bad_recipe"
+    bad_recipe.mkdir()
+    (bad_recipe / "recipe.yaml").write_text("student: [unclosed\n", encoding="utf-8")
+    base = tmp_path / "_base_"
+    base.mkdir()
+    (base / "recipe.yaml").write_text("not: a run\n", encoding="utf-8")
+
+    warnings: list[str] = []
+    records = find_runs([tmp_path], warn=warnings.append)
+    assert [r.path for r in records] == [good]
+    assert len(warnings) == 3
+    assert any(str(bad_metrics / "metrics.jsonl") + ":3" in w for w in warnings)
+    assert any(str(bad_summary / "summary.json") in w for w in warnings)
+    assert any(str(bad_recipe / "recipe.yaml") in w for w in warnings)
+
+
+def test_no_runs_is_an_error_naming_the_paths(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DistillError, match=f"no runs found under {tmp_path / 'empty'}"):
+        find_runs([tmp_path / "empty"])
+    with pytest.raises(DistillError, match="does not exist"):
+        find_runs([tmp_path / "missing"])
+
+
+# --- aggregation and tables ----------------------------------------------------------------------
+
+
+def test_aggregate_means_and_sample_std(runs_dir):
+    cells = aggregate(find_runs([runs_dir]))
+    for key, seeds in FINISHED.items():
+        cell = cells[key]
+        mean, std = mean_and_std([final for final, _ in seeds.values()])
+        assert cell.mean == pytest.approx(mean) and cell.std == pytest.approx(std)
+        assert cell.n_complete == len(seeds) and cell.seeds == tuple(sorted(seeds))
+
+
+def test_incomplete_runs_are_counted_but_never_averaged(runs_dir):
+    cell = aggregate(find_runs([runs_dir]))["crd", R32_R8]
+    assert (cell.n_complete, cell.n_incomplete, cell.incomplete_seeds) == (2, 1, (2,))
+    assert cell.mean == pytest.approx((75.40 + 75.00) / 2)
+
+
+def test_aggregate_best_metric(runs_dir):
+    cell = aggregate(find_runs([runs_dir]), metric="best")["kd", R32_R8]
+    assert cell.mean == pytest.approx(mean_and_std([73.40, 73.90, 73.30])[0])
+
+
+def test_single_run_has_no_std(tmp_path):
+    write_run(tmp_path / "r", f"cifar100/kd/{VGG}", "vgg8", "vgg13", 0, [72.0], 72.0, 72.5)
+    cells = aggregate(find_runs([tmp_path]))
+    assert cells["kd", VGG].std is None
+    table = results_table(cells, load_published())
+    assert "72.00 \u00b1 \u2013 (n=1)<br>paper 72.98 (\u22120.98)" in table
+
+
+def test_markdown_cells_show_ours_the_paper_and_the_difference(runs_dir):
+    markdown = render_markdown(find_runs([runs_dir]), load_published())
+    assert "last-epoch top-1 (the CRD paper's protocol)" in markdown
+    assert "resnet32x4 \u2192 resnet8x4<br>T 79.42 \u00b7 S 72.50" in markdown
+    assert "vgg13 \u2192 vgg8<br>T 74.64 \u00b7 S 70.36" in markdown
+    assert expected_cell("kd", R32_R8, 73.33) in markdown
+    assert expected_cell("crd", R32_R8, 75.51, incomplete=1) in markdown
+    assert expected_cell("kd", VGG, 72.98) in markdown
+    assert expected_cell("crd", VGG, 73.94) in markdown
+    assert "## Incomplete runs (not averaged)" in markdown
+    assert f"crd / {R32_R8}, seed 2: epoch 3/240" in markdown
+    assert "second-hand" in markdown and "b84f547c5db6" in markdown
+
+
+def test_table_layout_orders_tasks_like_the_paper_and_methods_kd_before_crd(runs_dir):
+    table = results_table(aggregate(find_runs([runs_dir])), load_published())
+    header, _, *rows = table.splitlines()
+    assert header.index("resnet32x4 \u2192 resnet8x4") < header.index("vgg13 \u2192 vgg8")
+    assert [row.split("|")[1].strip() for row in rows] == ["KD", "CRD"]
+    wide = results_table(aggregate(find_runs([runs_dir])), load_published(), all_tasks=True)
+    assert wide.splitlines()[0].count("\u2192") == len(TASKS)
+    assert "ResNet50 \u2192 vgg8" in wide.splitlines()[0]
+
+
+def test_nothing_finished_shows_a_dash_and_the_count(tmp_path):
+    write_run(tmp_path / "a", f"cifar100/dkd/{VGG}", "vgg8", "vgg13", 0, [30.0])
+    write_run(tmp_path / "b", f"cifar100/dkd/{VGG}", "vgg8", "vgg13", 1, [31.0])
+    table = results_table(aggregate(find_runs([tmp_path])), load_published())
+    assert "\u2014 (2 incomplete)<br>paper 74.68" in table
+
+
+def test_best_metric_is_labelled_and_not_compared(runs_dir):
+    markdown = render_markdown(find_runs([runs_dir]), load_published(), metric="best")
+    assert "BEST-epoch top-1, selected on the test set \u2014 not comparable to the papers" in markdown
+    assert "last-epoch top-1 (the CRD paper's protocol)" not in markdown
+    mean, std = mean_and_std([73.40, 73.90, 73.30])
+    assert f"{mean:.2f} \u00b1 {std:.2f} (n=3)<br>paper 73.33 |" in markdown
+    assert "Difference to the paper" not in markdown
+
+
+def test_teacher_runs_fill_the_teacher_row_of_their_tasks(tmp_path):
+    write_run(tmp_path / "t", "cifar100/teachers/resnet32x4", "resnet32x4", None, 0, [79.0], 79.0, 79.5)
+    write_run(tmp_path / "v", "cifar100/vanilla/resnet32x4-resnet8x4", "resnet8x4", None, 0, [72.0], 72.0, 72.0)
+    cells = aggregate(find_runs([tmp_path]))
+    assert {task for method, task in cells if method == "teacher"} == {R32_R8, "resnet32x4-ShuffleV1", "resnet32x4-ShuffleV2"}
+    table = results_table(cells, load_published())
+    teacher_row = next(line for line in table.splitlines() if line.startswith("| Teacher |"))
+    assert teacher_row.count("79.00 \u00b1 \u2013 (n=1)<br>paper 79.42 (\u22120.42)") == 3
+    assert cells["vanilla", R32_R8].teacher_arch == "resnet32x4"
+
+
+def test_measured_teacher_row(tmp_path):
+    write_run(tmp_path / "r", f"cifar100/kd/{R32_R8}", "resnet8x4", "resnet32x4", 0, [73.0], 73.0, 73.0, teacher_top1=79.40)
+    markdown = render_markdown(find_runs([tmp_path]), load_published())
+    assert "| Teacher checkpoint (measured) | 79.40<br>paper 79.42 (\u22120.02) |" in markdown
+
+
+def test_csv_rows_long_format(runs_dir, tmp_path):
+    cells = aggregate(find_runs([runs_dir]))
+    path = write_csv(tmp_path / "report.csv", cells, load_published())
+    with path.open(newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    assert [(r["method"], r["task"]) for r in rows] == [("kd", R32_R8), ("kd", VGG), ("crd", R32_R8), ("crd", VGG)]
+    crd = rows[2]
+    mean, std = mean_and_std([75.40, 75.00])
+    assert (crd["teacher"], crd["student"], crd["metric"]) == ("resnet32x4", "resnet8x4", "final")
+    assert (crd["n_complete"], crd["n_incomplete"], crd["seeds"]) == ("2", "1", "0 1")
+    assert float(crd["mean"]) == pytest.approx(mean, abs=1e-4) and float(crd["std"]) == pytest.approx(std, abs=1e-4)
+    assert (crd["published"], crd["delta"]) == ("75.51", f"{round(round(mean, 2) - 75.51, 2):.2f}")
+    assert crd["published_source"].startswith("repdistiller: https://github.com/HobbitLong/RepDistiller")
+    best = csv_rows(aggregate(find_runs([runs_dir]), metric="best"), load_published(), metric="best")
+    assert all(r["metric"] == "best" and r["delta"] == "" and r["published"] for r in best)
+
+
+# --- figures and the CLI -------------------------------------------------------------------------
+
+
+def test_cli_writes_report_table_csv_and_figures(runs_dir, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    assert main(["report", str(runs_dir), "--output", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert expected_cell("kd", R32_R8, 73.33) in stdout
+    for path in (out / "report.md", out / "report.csv", out / "figures" / f"{R32_R8}.png", out / "figures" / f"{VGG}.png"):
+        assert path.is_file(), path
+        assert f"wrote {path}" in stdout
+    for png in (out / "figures").iterdir():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert expected_cell("crd", VGG, 73.94) in markdown
+    assert f"](figures/{R32_R8}.png)" in markdown
+
+
+def test_cli_without_matplotlib_still_writes_the_table(runs_dir, tmp_path, capsys, monkeypatch):
+    for name in [name for name in sys.modules if name == "matplotlib" or name.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib...` raise ImportError
+    out = tmp_path / "out"
+    assert main(["report", str(runs_dir), "--output", str(out), "--metric", "best"]) == 0
+    stdout = capsys.readouterr().out
+    assert "figures skipped: install matplotlib (pip install 'distill[plots]')" in stdout
+    assert (out / "report.md").is_file() and (out / "report.csv").is_file()
+    assert not list(out.glob("figures/*.png"))
+    assert "BEST-epoch top-1" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_cli_no_figures_and_all_tasks(runs_dir, tmp_path):
+    out = tmp_path / "out"
+    assert main(["report", str(runs_dir), "-o", str(out), "--no-figures", "--all-tasks"]) == 0
+    assert not (out / "figures").exists()
+    header = next(line for line in (out / "report.md").read_text(encoding="utf-8").splitlines() if line.startswith("| Method"))
+    assert header.count("\u2192") == len(TASKS)
+
+
+def test_cli_without_runs_exits_2_with_a_hint(tmp_path, capsys):
+    empty = tmp_path / "nothing_here"
+    empty.mkdir()
+    assert main(["report", str(empty), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"no runs found under {empty}" in err and "distill train" in err
+    assert not (tmp_path / "out").exists()
