@@ -8,10 +8,10 @@ import traceback
 
 from distill import __version__
 from distill.cli import eval as eval_command
-from distill.cli import fake_data, quickstart, recipes, report, teachers, train
+from distill.cli import fake_data, quickstart, recipes, report, sweep, teachers, train
 from distill.errors import DistillError
 
-SUBCOMMANDS = (train, eval_command, report, teachers, recipes, quickstart, fake_data)
+SUBCOMMANDS = (train, eval_command, sweep, report, teachers, recipes, quickstart, fake_data)
 EXIT_USER_ERROR = 2
 
 

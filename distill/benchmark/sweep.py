@@ -1,0 +1,262 @@
+"""Sweeps: the grid of tasks × methods × seeds, each cell a normal run directory.
+
+A cell's recipe is ``<recipes>/<method>/<task>.yaml`` (the layout written by
+``tools/write_task_recipes.py``) and its run directory is
+``<output>/<method>/<task>/seed<seed>``. Those fixed names are what make a sweep
+safe to interrupt and re-run: a cell whose run directory holds ``summary.json``
+(written only when a run finishes) is skipped, a cell with an unfinished run is
+started again from scratch, and the rest run in grid order.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from distill.benchmark.tasks import TASKS, get_task
+from distill.errors import DistillError
+from distill.registry import did_you_mean
+
+DONE, UNFINISHED, PENDING = "done", "unfinished", "pending"
+RUN_FILES = {"recipe.yaml", "run.json", "metrics.jsonl", "summary.json", "log.txt", "checkpoints", "tensorboard"}
+"""What a run directory may hold; anything else means it is not ours to delete."""
+
+
+@dataclass(frozen=True)
+class SweepCell:
+    """One run of the grid."""
+
+    method: str
+    task: str
+    seed: int
+    recipe: Path
+    run_dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.task} seed {self.seed}"
+
+
+def parse_tasks(text: str) -> list[str]:
+    """``all`` or a comma-separated list of task names (``resnet32x4-resnet8x4,...``), in benchmark order."""
+    if text.strip() == "all":
+        return [task.name for task in TASKS]
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    for name in names:
+        try:
+            get_task(name)
+        except KeyError as error:
+            raise DistillError(f"--tasks: {error.args[0]}") from None
+    return list(dict.fromkeys(names))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0,1,2`` or a range ``0-4``."""
+    try:
+        if "-" in text and "," not in text:
+            low, high = (int(part) for part in text.split("-", 1))
+            seeds = list(range(low, high + 1))
+        else:
+            seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise DistillError(f"--seeds: expected integers like '0,1,2' or a range '0-4', got {text!r}") from None
+    if not seeds:
+        raise DistillError(f"--seeds: no seed in {text!r}")
+    return list(dict.fromkeys(seeds))
+
+
+def available_methods(recipe_root: Path) -> list[str]:
+    """Method folders under ``recipe_root`` that hold at least one task recipe."""
+    task_names = {task.name for task in TASKS}
+    return sorted(
+        folder.name
+        for folder in recipe_root.iterdir()
+        if folder.is_dir() and any(path.stem in task_names for path in folder.glob("*.yaml"))
+    )
+
+
+def parse_methods(text: str, recipe_root: Path) -> list[str]:
+    known = available_methods(recipe_root)
+    names = known if text.strip() == "all" else [name.strip() for name in text.split(",") if name.strip()]
+    for name in names:
+        if name not in known:
+            raise DistillError(
+                f"--methods: no recipes for method {name!r} under {recipe_root}.{did_you_mean(name, known)} "
+                f"Methods: {', '.join(known)}"
+            )
+    return list(dict.fromkeys(names))
+
+
+def plan(
+    recipe_root: Path, methods: Sequence[str], tasks: Sequence[str], seeds: Sequence[int], output: Path
+) -> tuple[list[SweepCell], list[tuple[str, str]]]:
+    """The grid in order (method, then task, then seed), and the (method, task) pairs without a recipe.
+
+    A missing recipe is not an error: some methods do not apply to some tasks
+    (FSP needs equal channel counts), and the report shows those cells as absent.
+    """
+    cells, absent = [], []
+    for method in methods:
+        for task in tasks:
+            recipe = recipe_root / method / f"{task}.yaml"
+            if not recipe.is_file():
+                absent.append((method, task))
+                continue
+            for seed in seeds:
+                cells.append(SweepCell(method, task, seed, recipe, output / method / task / f"seed{seed}"))
+    return cells, absent
+
+
+def cell_status(cell: SweepCell) -> str:
+    if (cell.run_dir / "summary.json").is_file():
+        return DONE
+    if cell.run_dir.exists() and any(cell.run_dir.iterdir()):
+        return UNFINISHED
+    return PENDING
+
+
+def clear_unfinished(cell: SweepCell) -> None:
+    """Remove an unfinished run so the cell can start again; refuse folders that are not run directories."""
+    strangers = sorted(entry.name for entry in cell.run_dir.iterdir() if entry.name not in RUN_FILES)
+    if strangers:
+        raise DistillError(
+            f"{cell.run_dir} is unfinished but holds files a run does not write ({', '.join(strangers[:5])}); "
+            f"move them away or remove the folder, then run the sweep again"
+        )
+    shutil.rmtree(cell.run_dir)
+
+
+def train_arguments(cell: SweepCell, overrides: Sequence[str], tensorboard: bool) -> list[str]:
+    """The ``distill train`` arguments that run one cell."""
+    return [
+        "train",
+        str(cell.recipe),
+        *overrides,
+        f"seed={cell.seed}",
+        "--run-dir",
+        str(cell.run_dir),
+        *([] if tensorboard else ["--no-tensorboard"]),
+    ]
+
+
+def run_in_process(cell: SweepCell, overrides: Sequence[str], tensorboard: bool) -> None:
+    """Train one cell in this process (the sequential mode)."""
+    from distill.engine import train
+    from distill.recipe import load_recipe
+
+    recipe = load_recipe(cell.recipe, [*overrides, f"seed={cell.seed}"])
+    train(recipe, run_dir=cell.run_dir, tensorboard=tensorboard)
+
+
+def run_subprocess(cell: SweepCell, overrides: Sequence[str], tensorboard: bool, log_file: Path, env: dict) -> None:
+    """Train one cell as an independent ``distill train`` process; its output goes to ``log_file``."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "distill.cli.main", *train_arguments(cell, overrides, tensorboard)]
+    with log_file.open("w", encoding="utf-8") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if code != 0:
+        tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+        raise DistillError(f"exit status {code}; see {log_file}: {' | '.join(tail)}")
+
+
+@dataclass
+class SweepOutcome:
+    done: list[SweepCell]
+    skipped: list[SweepCell]
+    failed: list[tuple[SweepCell, str]]
+
+
+def run_sweep(
+    cells: Iterable[SweepCell],
+    overrides: Sequence[str] = (),
+    *,
+    jobs: int = 1,
+    devices: Sequence[str] = (),
+    tensorboard: bool = True,
+    fail_fast: bool = False,
+    log_dir: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> SweepOutcome:
+    """Run every cell that has not finished: in this process (``jobs=1``) or as ``jobs`` processes.
+
+    With processes, ``devices`` (e.g. ``["0", "1"]``) are handed out round-robin through
+    ``CUDA_VISIBLE_DEVICES``. A failed cell is reported and the sweep goes on, unless
+    ``fail_fast``. Interrupting leaves finished cells finished; the next sweep skips them.
+    """
+    cells = list(cells)
+    outcome = SweepOutcome([], [], [])
+    todo = []
+    for cell in cells:
+        status = cell_status(cell)
+        if status == DONE:
+            outcome.skipped.append(cell)
+            continue
+        if status == UNFINISHED:
+            echo(f"restarting unfinished run {cell.run_dir} from scratch")
+            clear_unfinished(cell)
+        todo.append(cell)
+    echo(f"sweep: {len(cells)} runs, {len(outcome.skipped)} already finished, {len(todo)} to run")
+    if jobs <= 1:
+        for number, cell in enumerate(todo, start=1):
+            echo(f"[{number}/{len(todo)}] {cell.label} → {cell.run_dir}")
+            try:
+                run_in_process(cell, overrides, tensorboard)
+            except Exception as error:  # one broken cell must not end the sweep; the message says why
+                message = str(error) if isinstance(error, DistillError) else f"{type(error).__name__}: {error}"
+                _record_failure(outcome, cell, message, echo)
+                if fail_fast:
+                    break
+            else:
+                outcome.done.append(cell)
+        return outcome
+    logs = log_dir or Path(".")
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: dict[Future, SweepCell] = {}
+        queue = list(enumerate(todo))
+        while queue or running:
+            while queue and len(running) < jobs and not (fail_fast and outcome.failed):
+                number, cell = queue.pop(0)
+                env = dict(os.environ)
+                if devices:
+                    env["CUDA_VISIBLE_DEVICES"] = devices[number % len(devices)]
+                log_file = logs / cell.method / cell.task / f"seed{cell.seed}.log"
+                echo(f"[{number + 1}/{len(todo)}] started {cell.label} → {cell.run_dir} (output: {log_file})")
+                running[pool.submit(run_subprocess, cell, overrides, tensorboard, log_file, env)] = cell
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                cell = running.pop(future)
+                error = future.exception()
+                if error is None:
+                    outcome.done.append(cell)
+                    echo(f"finished {cell.label}")
+                else:
+                    _record_failure(outcome, cell, str(error), echo)
+    return outcome
+
+
+def _record_failure(outcome: SweepOutcome, cell: SweepCell, message: str, echo: Callable[[str], None]) -> None:
+    outcome.failed.append((cell, message))
+    echo(f"FAILED {cell.label}: {message}")
+
+
+def format_plan(cells: Sequence[SweepCell], absent: Sequence[tuple[str, str]]) -> str:
+    """The grid as text: one line per run with its status, then the cells without a recipe."""
+    width = max((len(cell.label) for cell in cells), default=0)
+    lines = [f"{cell.label:<{width}}  {cell_status(cell):<10}  {cell.run_dir}" for cell in cells]
+    if absent:
+        lines.append("no recipe (method not applicable to the task): " + ", ".join(f"{m} {t}" for m, t in absent))
+    counts = {status: sum(cell_status(c) == status for c in cells) for status in (DONE, UNFINISHED, PENDING)}
+    lines.append(
+        f"{len(cells)} runs: {counts[DONE]} done, {counts[UNFINISHED]} unfinished, {counts[PENDING]} pending "
+        f"({time.strftime('%Y-%m-%d %H:%M')})"
+    )
+    return "\n".join(lines)
