@@ -11,7 +11,10 @@ download and its checksums are exactly torchvision's. What this module adds:
   :func:`distill.data.write_fake_cifar` writes; the files must still all exist and
   unpickle into well-formed images and labels;
 * items are ``(image, label, index)`` and the dataset exposes ``labels``,
-  ``num_classes``, ``input_shape`` and ``classes``.
+  ``num_classes``, ``input_shape`` and ``classes``;
+* ``in_memory_images()`` hands the whole split (uint8 images, labels, normalisation,
+  augmentation) to :class:`distill.data.device_loader.DeviceLoader`, which makes
+  the same items in batches on the training device.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import check_md5, download_and_extract_archive
 
+from distill.data.device_loader import InMemoryImages
 from distill.data.indexed import IndexedTargetsMixin
 from distill.data.registry import register_dataset, require_root
 from distill.data.transforms import (
@@ -30,6 +34,7 @@ from distill.data.transforms import (
     CIFAR10_STD,
     CIFAR100_MEAN,
     CIFAR100_STD,
+    CROP_PADDING,
     Stats,
     cifar_transform,
 )
@@ -63,6 +68,7 @@ class _CifarOnDisk(IndexedTargetsMixin):
 
     def __init__(self, root: str | Path, train: bool, *, download: bool, verify: bool, augment: bool) -> None:
         root = Path(root).expanduser()
+        self.augment = augment
         if download:
             self._download(root, verify)
         self._check_files(root, verify)
@@ -159,6 +165,17 @@ class _CifarOnDisk(IndexedTargetsMixin):
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (3, 32, 32)
+
+    def in_memory_images(self) -> InMemoryImages:
+        """The split as the device loader takes it: what ``cifar_transform`` does to each item, batched."""
+        return InMemoryImages(
+            images=self.data,  # uint8 N×32×32×3
+            labels=self.labels,
+            mean=self.mean,
+            std=self.std,
+            augment=self.augment,
+            padding=CROP_PADDING,
+        )
 
 
 class CIFAR100Dataset(_CifarOnDisk, CIFAR100):

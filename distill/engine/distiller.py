@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
+import torch
 from torch import Tensor, nn
 
 from distill.engine.teacher import FrozenTeacher
 from distill.losses.base import Batch, DistillLoss
+from distill.models.features import FeatureRecord
+
+
+def as_float32(record: FeatureRecord | None) -> FeatureRecord | None:
+    """The record with every reduced-precision tensor cast to float32 (float32 ones are shared, not copied)."""
+    if record is None:
+        return None
+    return record.map_tensors(lambda tensor: tensor.float() if tensor.is_floating_point() else tensor)
+
+
+def in_full_precision(
+    objective: Callable[[FeatureRecord, FeatureRecord | None, Batch], Tensor],
+    student: FeatureRecord,
+    teacher: FeatureRecord | None,
+    batch: Batch,
+) -> Tensor:
+    """Evaluate a loss in float32, whatever autocast the networks ran under.
+
+    Under ``precision: bf16|fp16`` the networks run in the compute dtype; the losses
+    must not: contrastive scores against a memory bank, their log-sum-exps and the
+    KD/DKD softmaxes lose too much in 8-11 mantissa bits, and memory banks must stay
+    float32. So autocast is switched off here and the feature records are cast up
+    (a no-op under fp32).
+    """
+    with torch.autocast(device_type=batch.inputs.device.type, enabled=False):
+        return objective(as_float32(student), as_float32(teacher), batch)
 
 
 class Distiller(nn.Module):
@@ -24,8 +51,11 @@ class Distiller(nn.Module):
         losses: dict[str, DistillLoss],
         weights: dict[str, float],
         teacher: FrozenTeacher | None = None,
+        *,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
+        self.channels_last = channels_last
         self.student = student
         self.losses = nn.ModuleDict(losses)
         self.weights = dict(weights)
@@ -50,10 +80,14 @@ class Distiller(nn.Module):
         return names
 
     def forward(self, inputs: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        if self.channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         student = self.student(inputs, features=True)
         teacher = self.teacher(inputs) if self.teacher is not None else None
         batch = Batch(inputs=inputs, labels=labels, indices=indices)
-        terms = {name: loss(student, teacher, batch) for name, loss in self.losses.items()}
+        terms = {
+            name: in_full_precision(loss, student, teacher, batch) for name, loss in self.losses.items()
+        }
         total = sum(self.weights[name] * value for name, value in terms.items())
         return terms, total, student.logits
 

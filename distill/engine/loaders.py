@@ -1,23 +1,43 @@
-"""Datasets and data loaders for a recipe."""
+"""Datasets and data loaders for a recipe.
+
+Two data paths, chosen by the recipe's ``data.loader``:
+
+* ``device``: :class:`~distill.data.device_loader.DeviceLoader` keeps the whole split
+  on the training device as uint8 and makes each batch there (crop, flip and
+  normalisation as batched tensor operations); it shards itself across processes,
+  so the trainer does not hand it to ``accelerator.prepare``. Datasets that provide
+  ``in_memory_images()`` support it: CIFAR-10 and CIFAR-100.
+* ``workers``: a ``DataLoader`` whose worker processes run the dataset's per-image
+  transforms, with persistent workers and pinned memory (when CUDA is available);
+  Accelerate shards it and copies batches to the device without blocking.
+
+``auto`` (the default) takes ``device`` when the dataset supports it, else ``workers``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from distill.data import build_dataset
+from distill.data.device_loader import DeviceLoader, SupportsDeviceLoader, device_loader_unsupported
 from distill.errors import DataError
 from distill.recipe.schema import DataSpec
 
 
 @dataclass
 class DataBundle:
+    """The two splits and their loaders; ``on_device``: the loaders make batches on the device themselves."""
+
     train_set: Dataset
     test_set: Dataset
-    train_loader: DataLoader
-    test_loader: DataLoader
+    train_loader: Any  # DataLoader or DeviceLoader
+    test_loader: Any
+    on_device: bool = False
+    description: str = "DataLoader"
 
 
 def build_datasets(spec: DataSpec) -> tuple[Dataset, Dataset]:
@@ -28,18 +48,65 @@ def build_datasets(spec: DataSpec) -> tuple[Dataset, Dataset]:
     return train_set, test_set
 
 
-def build_loaders(spec: DataSpec, train_set: Dataset, test_set: Dataset) -> DataBundle:
-    """Shuffled training loader (last partial batch kept, as the reference) and ordered test loader."""
+def use_device_loader(spec: DataSpec, train_set: Dataset, test_set: Dataset) -> bool:
+    """Whether ``spec.loader`` (``auto``/``device``/``workers``) means the device loader for these sets.
+
+    Raises:
+        DataError: ``device`` was asked for a dataset that cannot be held on the device.
+    """
+    if spec.loader == "workers":
+        return False
+    reason = device_loader_unsupported(train_set) or device_loader_unsupported(test_set)
+    if reason is None:
+        return True
+    if spec.loader == "device":
+        raise DataError(
+            f"data.loader=device: dataset {spec.dataset!r} cannot be held on the device: {reason}. "
+            f"Use data.loader=workers (or auto, which picks workers for it)."
+        )
+    return False
+
+
+def build_loaders(
+    spec: DataSpec,
+    train_set: Dataset,
+    test_set: Dataset,
+    *,
+    device: torch.device | str = "cpu",
+    process_index: int = 0,
+    num_processes: int = 1,
+    seed: int = 0,
+    channels_last: bool = False,
+) -> DataBundle:
+    """Shuffled training loader (last partial batch kept, as the reference) and ordered test loader.
+
+    ``device``, ``process_index``, ``num_processes``, ``seed`` and ``channels_last``
+    serve the device loader (the DataLoader path leaves sharding, seeding and the
+    copy to the device to Accelerate).
+    """
     if spec.batch_size > len(train_set):
         raise DataError(
             f"data.batch_size {spec.batch_size} is larger than the training set ({len(train_set)} samples); "
             f"lower data.batch_size"
         )
-    workers = dict(
-        num_workers=spec.num_workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=spec.num_workers > 0,
-    )
+    if use_device_loader(spec, train_set, test_set):
+        assert isinstance(train_set, SupportsDeviceLoader) and isinstance(test_set, SupportsDeviceLoader)
+        common = dict(
+            device=device, process_index=process_index, num_processes=num_processes, seed=seed,
+            channels_last=channels_last,
+        )
+        train_loader = DeviceLoader(train_set.in_memory_images(), spec.batch_size, shuffle=True, **common)
+        test_loader = DeviceLoader(test_set.in_memory_images(), spec.test_batch_size, shuffle=False, **common)
+        mib = (train_loader.images.nbytes + test_loader.images.nbytes) / 2**20
+        description = (
+            f"device-resident uint8 {spec.dataset} ({len(train_set)} + {len(test_set)} images, {mib:.0f} MiB) "
+            f"on {train_loader.device}, batches made on the device"
+        )
+        return DataBundle(train_set, test_set, train_loader, test_loader, on_device=True, description=description)
+    pin_memory = torch.cuda.is_available()
+    workers = dict(num_workers=spec.num_workers, pin_memory=pin_memory, persistent_workers=spec.num_workers > 0)
     train_loader = DataLoader(train_set, batch_size=spec.batch_size, shuffle=True, drop_last=False, **workers)
     test_loader = DataLoader(test_set, batch_size=spec.test_batch_size, shuffle=False, **workers)
-    return DataBundle(train_set, test_set, train_loader, test_loader)
+    processes = f"{spec.num_workers} worker(s)" if spec.num_workers > 0 else "no worker processes"
+    description = f"DataLoader, {processes}{', pinned memory' if pin_memory else ''}"
+    return DataBundle(train_set, test_set, train_loader, test_loader, on_device=False, description=description)

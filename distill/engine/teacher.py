@@ -15,15 +15,25 @@ class FrozenTeacher:
     trainable model, so Accelerate never wraps it in DDP, the optimiser never
     sees it, ``train()`` on the student never flips it out of eval mode, and it
     stays out of the student's checkpoints.
+
+    The forward pass runs under ``torch.inference_mode`` (no autograd bookkeeping,
+    no version counters) and in whatever autocast the caller has entered, so under
+    ``precision: bf16|fp16`` it runs in the compute dtype. Inference tensors may
+    not be saved for backward, and losses do use teacher features in products with
+    student tensors, so the outputs are cloned into ordinary tensors: one copy of
+    the features, small beside the forward pass that made them.
     """
 
-    def __init__(self, module: nn.Module, device: torch.device | str = "cpu") -> None:
+    def __init__(self, module: nn.Module, device: torch.device | str = "cpu", *, channels_last: bool = False) -> None:
         self.module = module.to(device).eval()
+        if channels_last:
+            self.module.to(memory_format=torch.channels_last)
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)
 
-    @torch.no_grad()
     def __call__(self, inputs: Tensor) -> FeatureRecord:
         if self.module.training:  # someone called .train() on it directly; refuse to drift
             self.module.eval()
-        return self.module(inputs, features=True)
+        with torch.inference_mode():
+            record = self.module(inputs, features=True)
+        return record.map_tensors(torch.Tensor.clone)

@@ -23,11 +23,12 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list
 
 import distill
 from distill.engine.checkpoint import CHECKPOINT_FORMAT, atomic_save
-from distill.engine.distiller import Distiller
+from distill.engine.distiller import Distiller, in_full_precision
 from distill.engine.evaluate import Accuracy, evaluate
 from distill.engine.loaders import build_datasets, build_loaders
 from distill.engine.metrics import MetricsWriter
@@ -87,12 +88,33 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
 
     Without a GPU, ``cpu=True`` lets Accelerate recognise several processes
     started by ``torchrun`` as one CPU job on the gloo backend.
+
+    Accelerate keeps its settings in a process-wide singleton that refuses a second
+    precision; a sweep (or a test) runs recipes of different precisions one after
+    another in one process, so the precision part of that state is cleared first
+    (the process group, in ``PartialState``, is kept).
     """
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != MIXED_PRECISION[recipe.precision]:
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         cpu=not has_accelerator_device(),
         mixed_precision=MIXED_PRECISION[recipe.precision],
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.seed),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.seed, non_blocking=True),
     )
+
+
+def compile_networks(student: torch.nn.Module, teacher: torch.nn.Module | None, backend: str) -> None:
+    """``torch.compile`` the student and the teacher in place (``recipe.compile``).
+
+    ``Module.compile`` rather than ``torch.compile(module)``: the module stays the
+    same object with the same state_dict keys (no ``_orig_mod.`` prefix), so
+    checkpoints, DDP wrapping and the loss modules see no difference. Compilation
+    happens lazily, on the first batch, for each ``features=`` variant used.
+    """
+    student.compile(backend=backend)
+    if teacher is not None:
+        teacher.compile(backend=backend)
 
 
 class Trainer:
@@ -167,10 +189,14 @@ class Trainer:
         teacher = None
         if recipe.teacher is not None:
             teacher_net = create_model(recipe.teacher.arch, num_classes, recipe.teacher.checkpoint, **recipe.teacher.options)
-            teacher = FrozenTeacher(teacher_net, device)
+            teacher = FrozenTeacher(teacher_net, device, channels_last=recipe.channels_last)
         student = create_model(recipe.student.arch, num_classes, recipe.student.checkpoint, **recipe.student.options)
+        if recipe.channels_last:
+            student.to(memory_format=torch.channels_last)
         student_shapes = probe_feature_shapes(student, train_set.input_shape)
         teacher_shapes = probe_feature_shapes(teacher.module, train_set.input_shape) if teacher else None
+        if recipe.compile:
+            compile_networks(student, teacher.module if teacher else None, recipe.compile_backend)
         context = LossContext(
             student=student_shapes,
             teacher=teacher_shapes,
@@ -187,13 +213,29 @@ class Trainer:
                 losses[name] = build_loss(spec.type, context, spec.params)
             except ValueError as error:
                 raise RecipeError(f"losses.{name}: cannot build loss {spec.type!r}: {error}") from None
-        distiller = Distiller(student, losses, {n: s.weight for n, s in recipe.losses.items()}, teacher)
+        distiller = Distiller(
+            student, losses, {n: s.weight for n, s in recipe.losses.items()}, teacher, channels_last=recipe.channels_last
+        )
         optimizer = build_optimizer(recipe.optimizer, distiller.trainable_parameters())
         self.scheduler = build_scheduler(recipe.schedule, optimizer)
-        data = build_loaders(recipe.data, train_set, test_set)
-        self.distiller, self.optimizer, self.train_loader, self.test_loader = accelerator.prepare(
-            distiller, optimizer, data.train_loader, data.test_loader
+        data = build_loaders(
+            recipe.data,
+            train_set,
+            test_set,
+            device=device,
+            process_index=accelerator.process_index,
+            num_processes=accelerator.num_processes,
+            seed=recipe.seed,
+            channels_last=recipe.channels_last,
         )
+        if data.on_device:  # batches are made on the device and sharded by the loader itself
+            self.distiller, self.optimizer = accelerator.prepare(distiller, optimizer)
+            self.train_loader, self.test_loader = data.train_loader, data.test_loader
+        else:
+            self.distiller, self.optimizer, self.train_loader, self.test_loader = accelerator.prepare(
+                distiller, optimizer, data.train_loader, data.test_loader
+            )
+        self.data_path = data.description
         self.teacher = teacher
         self.num_classes = num_classes
         self.train_size, self.test_size = len(train_set), len(test_set)
@@ -214,11 +256,13 @@ class Trainer:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seed": self.recipe.seed,
             "data_seed": self.recipe.seed,
-            "data_order": "shuffle seeded with data_seed + epoch",
+            "data_order": "a permutation per epoch, a pure function of (data_seed, epoch)",
             "deterministic": self.recipe.deterministic,
             "device": str(self.accelerator.device),
             "num_processes": self.accelerator.num_processes,
             "mixed_precision": self.accelerator.mixed_precision,
+            "speed": self.speed_settings(),
+            "data_path": self.data_path,
             "train_size": self.train_size,
             "test_size": self.test_size,
             "num_classes": self.num_classes,
@@ -318,6 +362,19 @@ class Trainer:
                 f"(if one was written). Lower the learning rate or check the loss weights."
             )
 
+    def speed_settings(self) -> str:
+        """Precision, memory format and compilation as they take effect (fp16 is a no-op on CPU)."""
+        recipe = self.recipe
+        precision = recipe.precision
+        if precision == "fp16" and self.accelerator.device.type == "cpu":
+            precision = "fp32 (precision fp16 has no effect on CPU; bf16 does)"
+        parts = [f"precision {precision}"]
+        if recipe.channels_last:
+            parts.append("channels_last")
+        if recipe.compile:
+            parts.append(f"compiled ({recipe.compile_backend})")
+        return ", ".join(parts)
+
     def fit(self) -> TrainResult:
         """Train for the recipe's epochs; returns last- and best-epoch accuracy."""
         recipe = self.recipe
@@ -330,6 +387,7 @@ class Trainer:
             + f" | {self.train_size} train / {self.test_size} test images | device {self.accelerator.device}"
             + f" × {self.accelerator.num_processes} process(es)"
         )
+        self.log(f"data: {self.data_path} | {self.speed_settings()}")
         for name, loss in self.unwrapped.losses.items():
             if loss.summary():
                 self.log(f"loss {name}: {loss.summary()}")
@@ -387,6 +445,7 @@ class Trainer:
         optimizer = torch.optim.SGD(
             parameters, lr=lr, momentum=recipe.optimizer.momentum, weight_decay=recipe.optimizer.weight_decay
         )
+        optimizer = accelerator.prepare_optimizer(optimizer)  # fp16: the grad scaler unscales before the step
         self.log(f"init stage of {name}: {epochs} epochs at lr {lr:g}, {sum(p.numel() for p in parameters):,} parameters")
         for epoch in range(1, epochs + 1):
             self.train_loader.set_epoch(INIT_DATA_SEED_OFFSET + epoch)
@@ -400,7 +459,7 @@ class Trainer:
                 with accelerator.autocast():
                     student = distiller.student(inputs, features=True)
                     teacher = distiller.teacher(inputs) if distiller.teacher is not None else None
-                    value = stage.loss(student, teacher, Batch(inputs=inputs, labels=labels, indices=indices))
+                value = in_full_precision(stage.loss, student, teacher, Batch(inputs=inputs, labels=labels, indices=indices))
                 optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(value)
                 for parameter in parameters:

@@ -9,6 +9,7 @@ feature list of the reference implementation (RepDistiller's ``is_feat=True``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,22 @@ class FeatureRecord:
     def reference_list(self, preact: bool = False) -> list[Tensor]:
         """The reference's ``feats`` list: the maps followed by the pooled vector."""
         return [*(self.preact_maps if preact else self.maps), self.pooled]
+
+    def map_tensors(self, function: Callable[[Tensor], Tensor]) -> "FeatureRecord":
+        """A record with ``function`` applied once to every distinct tensor (shared maps stay shared)."""
+        done: dict[int, Tensor] = {}
+
+        def apply(tensor: Tensor) -> Tensor:
+            if id(tensor) not in done:
+                done[id(tensor)] = function(tensor)
+            return done[id(tensor)]
+
+        return FeatureRecord(
+            maps=[apply(m) for m in self.maps],
+            preact_maps=[apply(m) for m in self.preact_maps],
+            pooled=apply(self.pooled),
+            logits=apply(self.logits),
+        )
 
     def shapes(self) -> "FeatureShapes":
         """Per-sample shapes (without the batch dimension) of every field."""

@@ -40,7 +40,13 @@ class TeacherSpec:
 
 @dataclass
 class DataSpec:
-    """Where the data comes from and how it is batched."""
+    """Where the data comes from and how it is batched.
+
+    ``loader``: ``device`` keeps the whole training set on the training device as
+    uint8 and makes each batch there (crop, flip, normalise as batched tensor ops);
+    ``workers`` is the classic DataLoader with worker processes; ``auto`` takes
+    ``device`` for datasets that support it (CIFAR) and ``workers`` otherwise.
+    """
 
     dataset: str = "cifar100"
     root: str = "data"
@@ -49,6 +55,7 @@ class DataSpec:
     batch_size: int = 64
     test_batch_size: int = 64
     num_workers: int = 2
+    loader: Literal["auto", "device", "workers"] = "auto"
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -90,7 +97,13 @@ class LossSpec:
 
 @dataclass
 class Recipe:
-    """A complete, validated training recipe."""
+    """A complete, validated training recipe.
+
+    Speed settings: ``precision`` runs the networks under autocast (losses, scores and
+    memory banks stay float32); ``channels_last`` stores the networks' weights and
+    inputs NHWC (faster convolutions on recent GPUs); ``compile`` applies
+    ``torch.compile`` with ``compile_backend`` to the student and the teacher.
+    """
 
     student: ModelSpec
     losses: dict[str, LossSpec]
@@ -104,6 +117,9 @@ class Recipe:
     seed: int = 0
     deterministic: bool = False
     precision: Precision = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
     log_every: int = 50
     output_dir: str = "runs"
     plugins: list[str] = field(default_factory=list)

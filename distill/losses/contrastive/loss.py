@@ -39,7 +39,13 @@ from distill.losses.contrastive.estimators import (
 )
 from distill.losses.contrastive.heads import ProjectionHead
 from distill.losses.contrastive.memory_bank import EmbeddingQueue, MomentumMemoryBank
-from distill.losses.contrastive.negatives import SamplingMode, draw_candidates, draw_negatives, eligible_negatives
+from distill.losses.contrastive.negatives import (
+    SamplingMode,
+    draw_candidates,
+    draw_negatives,
+    eligible_negatives,
+    fewest_eligible,
+)
 from distill.losses.registry import register_loss
 from distill.models.features import FeatureRecord
 
@@ -127,6 +133,8 @@ class ContrastiveDistillLoss(DistillLoss):
             self.teacher_memory = EmbeddingQueue(queue_size, feat_dim)
         self.register_buffer("dataset_labels", context.labels.clone().long(), persistent=False)
         self.register_buffer("log_z", torch.full((2,), math.nan))  # student side, teacher side (NCE)
+        self._log_z_known = False  # a host-side flag: reading log_z every step would sync with the device
+        self._fewest_eligible = fewest_eligible(self.dataset_labels if mode != "uniform" else None, mode, context.dataset_size)
         self._generator: torch.Generator | None = None
         self._generator_seed = torch.initial_seed() + 7919 * distributed.rank()  # independent per process
         self._warn_about_alpha(context.batch_size)
@@ -165,7 +173,9 @@ class ContrastiveDistillLoss(DistillLoss):
         generator = self.generator(labels.device)
         if isinstance(memory, MomentumMemoryBank):
             pool_labels = self.dataset_labels if self.mode != "uniform" else None
-            return draw_candidates(batch.indices, labels, self.num_negatives, self.mode, pool_labels, memory.size, generator)
+            return draw_candidates(
+                batch.indices, labels, self.num_negatives, self.mode, pool_labels, memory.size, generator, self._fewest_eligible
+            )
         eligible = eligible_negatives(labels, memory.labels, self.mode, memory.size)
         return draw_negatives(eligible, self.num_negatives, generator)
 
@@ -188,12 +198,15 @@ class ContrastiveDistillLoss(DistillLoss):
         """CRD's log Z: set from the first batch (agreed across processes), then fixed or EMA-tracked."""
         with torch.no_grad():
             stored = self.log_z[side]
-            if torch.isnan(stored) or self.z_momentum > 0:
+            if not self._log_z_known:  # a checkpoint may have brought Z: one read, then never again
+                self._log_z_known = not bool(torch.isnan(self.log_z).any())
+            if not self._log_z_known or self.z_momentum > 0:
                 local = log_normaliser_from_batch(logits.detach().float(), self.context.dataset_size)
                 gathered = distributed.all_gather_rows(local.reshape(1))
                 batch_log_z = torch.logsumexp(gathered, 0) - math.log(gathered.numel())
-                if torch.isnan(stored):
+                if not self._log_z_known:
                     self.log_z[side] = batch_log_z
+                    self._log_z_known = side == 1  # both sides are set on the first batch
                 else:
                     ema = torch.logaddexp(stored + math.log(self.z_momentum), batch_log_z + math.log1p(-self.z_momentum))
                     self.log_z[side] = ema

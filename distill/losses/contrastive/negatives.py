@@ -48,18 +48,35 @@ def eligible_negatives(
     return eligible
 
 
-def draw_negatives(eligible: Tensor, num_negatives: int, generator: torch.Generator | None = None) -> Tensor:
+def fewest_eligible(pool_labels: Tensor | None, mode: SamplingMode, pool_size: int) -> int:
+    """The smallest number of eligible negatives any anchor of a fixed pool can have.
+
+    Known once from the labels (the pool minus the largest class; the pool minus the
+    anchor itself in ``uniform`` mode), so the per-step draw needs no device→host
+    read to choose between sampling with and without replacement.
+    """
+    if mode == "uniform" or pool_labels is None:
+        return pool_size - 1
+    return pool_size - int(torch.bincount(pool_labels).max())
+
+
+def draw_negatives(
+    eligible: Tensor, num_negatives: int, generator: torch.Generator | None = None, fewest: int | None = None
+) -> Tensor:
     """K indices per row among the row's eligible entries: without replacement when possible.
 
     Rows with fewer than K eligible entries are drawn with replacement (the reference's
-    rule); a row with none raises, since no negative exists.
+    rule); a row with none raises, since no negative exists. ``fewest`` (from
+    :func:`fewest_eligible`) is the smallest row count when the caller knows it;
+    otherwise it is read from the mask, which synchronises with the device.
     """
-    counts = eligible.sum(dim=1)
-    if bool((counts == 0).any()):
+    if fewest is None:
+        fewest = int(eligible.sum(dim=1).min())
+    if fewest == 0:
         raise ValueError("an anchor has no eligible negative (every pool entry shares its class)")
     keys = torch.rand(eligible.shape, generator=generator, device=eligible.device)
     keys.masked_fill_(~eligible, -1.0)
-    if int(counts.min()) >= num_negatives:
+    if fewest >= num_negatives:
         return keys.topk(num_negatives, dim=1, sorted=False).indices
     weights = eligible.float()
     return torch.multinomial(weights, num_negatives, replacement=True, generator=generator)
@@ -83,9 +100,10 @@ def draw_candidates(
     pool_labels: Tensor | None,
     pool_size: int,
     generator: torch.Generator | None = None,
+    fewest: int | None = None,
 ) -> Tensor:
     """[B, K+1] rows of a per-sample memory bank: column 0 the positive, then K negatives."""
     eligible = eligible_negatives(anchor_labels, pool_labels, mode, pool_size, own_positions=anchor_indices)
-    negatives = draw_negatives(eligible, num_negatives, generator)
+    negatives = draw_negatives(eligible, num_negatives, generator, fewest)
     positives = draw_positives(anchor_indices, anchor_labels, pool_labels, mode, generator)
     return torch.cat([positives.unsqueeze(1), negatives], dim=1)
