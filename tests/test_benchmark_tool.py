@@ -1,0 +1,76 @@
+"""tools/benchmark.py end to end at toy sizes: every figure is there, positive, finite and consistent.
+
+Speed itself is never asserted: the point is that the tool runs and reports honestly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def benchmark_tool():
+    spec = importlib.util.spec_from_file_location("benchmark_tool", REPO / "tools" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the tool's annotations through sys.modules
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_benchmark_reports_every_figure(benchmark_tool, tmp_path, capsys):
+    json_path = tmp_path / "bench.json"
+    argv = [
+        "--student", "resnet8", "--teacher", "resnet14", "--train-size", "200", "--steps", "2",
+        "--warmup", "1", "--batch-size", "16", "--workers", "0", "--data-root", str(tmp_path / "data"),
+        "--json", str(json_path),
+    ]
+    returned = benchmark_tool.main(argv)
+    printed = capsys.readouterr().out
+    report = json.loads(json_path.read_text())
+    assert report == json.loads(json.dumps(returned))
+
+    description = report["device"]["description"]
+    assert description.startswith(("CPU:", "GPU:")) and "torch" in description
+    assert f"device: {description}" in printed and f"ran on {report['device']['ran_on']}" in printed
+    assert report["settings"]["train_size"] == 200
+
+    for method in ("kd", "crd"):
+        for path in ("fast", "reference"):
+            figures = report["results"][method][path]
+            assert figures["images"] == 2 * 16
+            for key in ("images_per_s", "median_step_s", "seconds"):
+                assert math.isfinite(figures[key]) and figures[key] > 0, (method, path, key)
+            assert 0 <= figures["data_wait_fraction"] < 1
+            assert len(figures["step_seconds"]) == len(figures["wait_seconds"]) == 2
+            assert figures["data_path"]
+            memory = figures["peak_memory_bytes"]
+            assert memory is None or isinstance(memory, int)
+        fast, reference = (report["results"][method][p]["images_per_s"] for p in ("fast", "reference"))
+        ratio = report["summary"]["fast_over_reference_images_per_s"][method]
+        assert ratio == pytest.approx(fast / reference)
+        assert f"{ratio:.2f}×" in printed
+        by_median = report["summary"]["reference_over_fast_median_step"][method]
+        assert by_median == pytest.approx(
+            report["results"][method]["reference"]["median_step_s"] / report["results"][method]["fast"]["median_step_s"]
+        )
+
+    crd_kd = report["summary"]["crd_over_kd_step_time"]
+    for path in ("fast", "reference"):
+        expected = report["results"]["crd"][path]["median_step_s"] / report["results"]["kd"][path]["median_step_s"]
+        assert crd_kd[path] == pytest.approx(expected) and crd_kd[path] > 0
+    assert "CRD/KD step-time ratio" in printed
+    assert (tmp_path / "data" / "cifar-100-python" / "train").is_file()  # --data-root is written once, then reused
+
+
+def test_rejects_unknown_method(benchmark_tool):
+    with pytest.raises(SystemExit):
+        benchmark_tool.parse_args(["--methods", "kd,fitnet"])
