@@ -74,3 +74,16 @@ def test_benchmark_reports_every_figure(benchmark_tool, tmp_path, capsys):
 def test_rejects_unknown_method(benchmark_tool):
     with pytest.raises(SystemExit):
         benchmark_tool.parse_args(["--methods", "kd,fitnet"])
+
+
+def test_data_only_and_teacher_forward_modes(benchmark_tool, tmp_path, capsys):
+    common = ["--steps", "2", "--warmup", "1", "--batch-size", "16", "--workers", "0"]
+    data = benchmark_tool.main([*common, "--data-only", "--train-size", "200", "--data-root", str(tmp_path / "data")])
+    assert set(data["images_per_s"]) == {"fast", "reference_kd", "reference_crd"}
+    assert all(math.isfinite(rate) and rate > 0 for rate in data["images_per_s"].values())
+    assert "device-resident" in data["fast_path"]
+    forward = benchmark_tool.main([*common, "--teacher-forward", "--teacher", "resnet8"])
+    medians = forward["median_forward_s"]
+    assert set(medians) == {"fp32", "bf16"} and all(value > 0 for value in medians.values())
+    assert forward["bf16_speedup"] == pytest.approx(medians["fp32"] / medians["bf16"])
+    assert "bf16 speed-up" in capsys.readouterr().out
