@@ -87,3 +87,16 @@ def test_data_only_and_teacher_forward_modes(benchmark_tool, tmp_path, capsys):
     assert set(medians) == {"fp32", "bf16"} and all(value > 0 for value in medians.values())
     assert forward["bf16_speedup"] == pytest.approx(medians["fp32"] / medians["bf16"])
     assert "bf16 speed-up" in capsys.readouterr().out
+
+
+def test_crd_kd_and_the_projected_schedule(benchmark_tool, tmp_path, capsys):
+    argv = [
+        "--student", "resnet8", "--teacher", "resnet14", "--train-size", "200", "--steps", "1", "--warmup", "1",
+        "--batch-size", "16", "--workers", "0", "--methods", "crd_kd", "--data-root", str(tmp_path / "data"),
+    ]  # fmt: skip
+    report = benchmark_tool.main(argv)
+    for path in ("fast", "reference"):
+        result = report["results"]["crd_kd"][path]
+        expected = 240 * 200 / result["images_per_s"] / 3600
+        assert result["projected_240_epochs_h"] == pytest.approx(expected)
+    assert "240 epochs" in capsys.readouterr().out

@@ -67,7 +67,7 @@ from distill.losses.contrastive.loss import CRDLoss  # noqa: E402
 from distill.models import FeatureRecord, create_model, probe_feature_shapes  # noqa: E402
 from distill.recipe import load_recipe  # noqa: E402
 
-METHODS = ("kd", "crd")
+METHODS = ("kd", "crd", "crd_kd")
 DEFAULT_PAIR = "resnet32x4-resnet8x4"
 NUM_CLASSES = 100
 FAKE_TEST_SIZE = 100
@@ -93,7 +93,9 @@ class ReferenceSettings:
 REFERENCE = {
     "kd": ReferenceSettings(ce_weight=0.1, kd_weight=0.9, crd_weight=0.0),
     "crd": ReferenceSettings(ce_weight=1.0, kd_weight=0.0, crd_weight=0.8),
+    "crd_kd": ReferenceSettings(ce_weight=1.0, kd_weight=1.0, crd_weight=0.8),
 }
+REFERENCE_EPOCHS = 240
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
@@ -127,6 +129,10 @@ class Measurement:
     @property
     def data_wait_fraction(self) -> float:
         return sum(self.wait_seconds) / sum(self.step_seconds)
+
+    def projected_hours(self, train_size: int, epochs: int = REFERENCE_EPOCHS) -> float:
+        """Hours for ``epochs`` epochs of ``train_size`` images at this throughput (evaluation excluded)."""
+        return epochs * train_size / self.images_per_s / 3600
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
@@ -485,7 +491,7 @@ def build_reference(
     """The reference-style loop: torchvision dataset + PIL transforms in workers, fp32, plain SGD."""
     settings = REFERENCE[method]
     torch.backends.cudnn.benchmark = True
-    if method == "crd":
+    if settings.crd_weight:
         dataset: ReferenceCIFAR100 = ReferenceCIFAR100Sample(data_root, settings.num_negatives)
     else:
         dataset = ReferenceCIFAR100(data_root)
@@ -503,7 +509,7 @@ def build_reference(
     student = create_model(args.student, NUM_CLASSES).to(device).train()
     trainable = list(student.parameters())
     crd = None
-    if method == "crd":
+    if settings.crd_weight:
         crd = reference_crd(student, teacher, dataset, settings, args.batch_size).to(device).train()
         trainable += list(crd.trainable_parameters())
     lr = 0.01 if args.student in SMALL_LR_STUDENTS else 0.05
@@ -589,7 +595,10 @@ def print_report(report: dict[str, Any], measurements: dict[str, dict[str, Measu
     print(f"reference path: {next(iter(measurements.values()))['reference'].data_path}")
     print(f"memory: {report['memory_label']}")
     print()
-    header = f"{'method':<7}{'path':<11}{'images/s':>10}{'median step':>14}{'data wait':>11}{'peak memory':>14}"
+    header = (
+        f"{'method':<7}{'path':<11}{'images/s':>10}{'median step':>14}{'data wait':>11}{'peak memory':>14}"
+        f"{'epoch':>9}{f'{REFERENCE_EPOCHS} epochs':>12}"
+    )
     print(header)
     print("-" * len(header))
     for method, paths in measurements.items():
@@ -598,6 +607,7 @@ def print_report(report: dict[str, Any], measurements: dict[str, dict[str, Measu
             print(
                 f"{method:<7}{name:<11}{m.images_per_s:>10.1f}{1000 * m.median_step_s:>11.1f} ms"
                 f"{100 * m.data_wait_fraction:>10.1f}%{format_memory(m.peak_memory_bytes):>14}"
+                f"{3600 * m.projected_hours(s['train_size'], 1):>8.0f}s{m.projected_hours(s['train_size']):>11.2f}h"
             )
         ratio = report["summary"]["fast_over_reference_images_per_s"][method]
         median_ratio = report["summary"]["reference_over_fast_median_step"][method]
@@ -612,7 +622,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="resnet32x4", help="teacher architecture (random weights)")
     parser.add_argument("--student", default="resnet8x4", help="student architecture")
-    parser.add_argument("--methods", default="kd,crd", help="comma-separated, from: " + ", ".join(METHODS))
+    parser.add_argument("--methods", default="kd,crd", help="comma-separated, from: " + ", ".join(METHODS) + " (crd_kd: CE + KD + 0.8·CRD)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per path and method")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size (the reference: 64)")
@@ -757,7 +767,13 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         "load_average_1min": {"start": load_at_start, "end": one_minute_load()},
         "settings": settings,
         "memory_label": MemoryProbe(device).label,
-        "results": {m: {name: x.to_json() for name, x in paths.items()} for m, paths in measurements.items()},
+        "results": {
+            m: {
+                name: {**x.to_json(), f"projected_{REFERENCE_EPOCHS}_epochs_h": x.projected_hours(train_size)}
+                for name, x in paths.items()
+            }
+            for m, paths in measurements.items()
+        },
     }
     report["summary"] = summarise(measurements, args.methods)
     print_report(report, measurements)
