@@ -60,7 +60,9 @@ REPO = TOOLS.parent
 sys.path[:0] = [str(REPO), str(TOOLS)]
 
 from bench_contrastive import peak, reset_peak, synchronize  # noqa: E402
+from distill.benchmark.tasks import SMALL_LR_STUDENTS  # noqa: E402
 from distill.data import write_fake_cifar  # noqa: E402
+from distill.data.transforms import CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
 from distill.engine.trainer import Trainer  # noqa: E402
 from distill.losses import Batch, LossContext  # noqa: E402
 from distill.losses.contrastive.loss import CRDLoss  # noqa: E402
@@ -96,10 +98,6 @@ REFERENCE = {
     "crd_kd": ReferenceSettings(ce_weight=1.0, kd_weight=1.0, crd_weight=0.8),
 }
 REFERENCE_EPOCHS = 240
-CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
-CIFAR100_STD = (0.2675, 0.2565, 0.2761)
-SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
-"""The reference trains these students at lr 0.01 instead of 0.05."""
 
 
 # ----------------------------------------------------------------------------- measuring
