@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -19,22 +19,26 @@ def as_float32(record: FeatureRecord | None) -> FeatureRecord | None:
     return record.map_tensors(lambda tensor: tensor.float() if tensor.is_floating_point() else tensor)
 
 
+Objective = Callable[[FeatureRecord, FeatureRecord | None, Batch], Tensor]
+
+
 def in_full_precision(
-    objective: Callable[[FeatureRecord, FeatureRecord | None, Batch], Tensor],
+    objectives: Mapping[str, Objective],
     student: FeatureRecord,
     teacher: FeatureRecord | None,
     batch: Batch,
-) -> Tensor:
-    """Evaluate a loss in float32, whatever autocast the networks ran under.
+) -> dict[str, Tensor]:
+    """Evaluate losses in float32, whatever autocast the networks ran under.
 
     Under ``precision: bf16|fp16`` the networks run in the compute dtype; the losses
     must not: contrastive scores against a memory bank, their log-sum-exps and the
     KD/DKD softmaxes lose too much in 8-11 mantissa bits, and memory banks must stay
-    float32. So autocast is switched off here and the feature records are cast up
-    (a no-op under fp32).
+    float32. So autocast is switched off here and the feature records are cast up,
+    once for all the losses (a no-op under fp32).
     """
     with torch.autocast(device_type=batch.inputs.device.type, enabled=False):
-        return objective(as_float32(student), as_float32(teacher), batch)
+        student, teacher = as_float32(student), as_float32(teacher)
+        return {name: objective(student, teacher, batch) for name, objective in objectives.items()}
 
 
 class Distiller(nn.Module):
@@ -85,9 +89,7 @@ class Distiller(nn.Module):
         student = self.student(inputs, features=True)
         teacher = self.teacher(inputs) if self.teacher is not None else None
         batch = Batch(inputs=inputs, labels=labels, indices=indices)
-        terms = {
-            name: in_full_precision(loss, student, teacher, batch) for name, loss in self.losses.items()
-        }
+        terms = in_full_precision(self.losses, student, teacher, batch)
         total = sum(self.weights[name] * value for name, value in terms.items())
         return terms, total, student.logits
 

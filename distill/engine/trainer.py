@@ -459,7 +459,8 @@ class Trainer:
                 with accelerator.autocast():
                     student = distiller.student(inputs, features=True)
                     teacher = distiller.teacher(inputs) if distiller.teacher is not None else None
-                value = in_full_precision(stage.loss, student, teacher, Batch(inputs=inputs, labels=labels, indices=indices))
+                batch = Batch(inputs=inputs, labels=labels, indices=indices)
+                value = in_full_precision({name: stage.loss}, student, teacher, batch)[name]
                 optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(value)
                 for parameter in parameters:
