@@ -20,12 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from distill.benchmark.tasks import TASKS
+from distill.engine.rundir import RECIPE_FILE, SUMMARY_FILE, MetricsFileError, is_finished, read_metrics
 from distill.errors import DistillError
 from distill.recipe.yaml_io import read_yaml_file
 
-RECIPE_FILE = "recipe.yaml"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
 TEACHER_METHOD = "teacher"
 """The method of a run that trains a teacher from scratch (recipe ``<dataset>/teachers/<arch>``)."""
 
@@ -111,32 +109,17 @@ def read_recipe(run_dir: Path) -> dict[str, Any]:
 
 def read_metric_rows(run_dir: Path) -> list[dict[str, Any]]:
     """The rows of ``metrics.jsonl`` (none if the file does not exist yet)."""
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return []
-    rows = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise RunReadError(f"{path}: cannot be read: {error}") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise RunReadError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        if not isinstance(row, dict):
-            raise RunReadError(f"{path}:{number}: expected a JSON object")
-        rows.append(row)
-    return rows
+        return read_metrics(run_dir)
+    except MetricsFileError as error:
+        raise RunReadError(str(error)) from None
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     """``summary.json``, or None when the run has not finished."""
-    path = run_dir / SUMMARY_FILE
-    if not path.is_file():
+    if not is_finished(run_dir):
         return None
+    path = run_dir / SUMMARY_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill.benchmark.tasks import TASKS, get_task
+from distill.engine.rundir import RUN_ENTRIES, is_finished
 from distill.errors import DistillError
 from distill.registry import did_you_mean
 
 DONE, UNFINISHED, PENDING = "done", "unfinished", "pending"
-RUN_FILES = {"recipe.yaml", "run.json", "metrics.jsonl", "summary.json", "log.txt", "checkpoints", "tensorboard"}
-"""What a run directory may hold; anything else means it is not ours to delete."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,7 @@ def plan(
 
 
 def cell_status(cell: SweepCell) -> str:
-    if (cell.run_dir / "summary.json").is_file():
+    if is_finished(cell.run_dir):
         return DONE
     if cell.run_dir.exists() and any(cell.run_dir.iterdir()):
         return UNFINISHED
@@ -124,7 +123,7 @@ def cell_status(cell: SweepCell) -> str:
 
 def clear_unfinished(cell: SweepCell) -> None:
     """Remove an unfinished run so the cell can start again; refuse folders that are not run directories."""
-    strangers = sorted(entry.name for entry in cell.run_dir.iterdir() if entry.name not in RUN_FILES)
+    strangers = sorted(entry.name for entry in cell.run_dir.iterdir() if entry.name not in RUN_ENTRIES)
     if strangers:
         raise DistillError(
             f"{cell.run_dir} is unfinished but holds files a run does not write ({', '.join(strangers[:5])}); "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distill.engine.rundir import CHECKPOINT_DIR
 from distill.errors import CheckpointError, RecipeError
 from distill.recipe.schema import DataSpec
 from distill.recipe.validate import ValidationIssue, build_dataclass
@@ -22,7 +23,7 @@ def resolve_checkpoint(path: str | Path, which: str) -> Path:
     """A run directory means its ``checkpoints/<which>.pt``; a file is taken as is."""
     path = Path(path)
     if path.is_dir():
-        candidate = path / "checkpoints" / f"{which}.pt"
+        candidate = path / CHECKPOINT_DIR / f"{which}.pt"
         if not candidate.is_file():
             raise CheckpointError(f"{path} has no checkpoints/{which}.pt: is it a distill run directory, and did an epoch finish?")
         return candidate

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distill.engine.rundir import LAST_CHECKPOINT
+
 TEACHER_ARCH = "resnet20"
 STUDENT_ARCH = "resnet8"
 
@@ -85,7 +87,7 @@ def run_quickstart(output_dir: Path, size: QuickstartSize = FULL, seed: int = 0,
 
     output_dir.mkdir(parents=True, exist_ok=True)
     teacher_dir = output_dir / "teacher"
-    recipes = quickstart_recipes(size, seed, str(teacher_dir / "checkpoints" / "last.pt"))
+    recipes = quickstart_recipes(size, seed, str(teacher_dir / LAST_CHECKPOINT))
     labels = {
         "teacher": f"teacher  {TEACHER_ARCH} (CE)",
         "alone": f"student  {STUDENT_ARCH} alone (CE)",

@@ -1,4 +1,8 @@
-"""Accuracy and the run's metric sinks: ``metrics.jsonl`` and TensorBoard."""
+"""Accuracy and the run's metric sinks: ``metrics.jsonl`` and TensorBoard.
+
+``read_metrics`` (the reader of ``metrics.jsonl``) lives with the run directory's layout in
+:mod:`distill.engine.rundir`, which imports no torch, and is re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from distill.engine.rundir import METRICS_FILE, TENSORBOARD_DIR, MetricsFileError, read_metrics
+
+__all__ = ["MetricsFileError", "MetricsWriter", "read_metrics", "topk_correct"]
 
 
 def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> Tensor:
@@ -26,13 +34,13 @@ class MetricsWriter:
     """Appends one JSON line per record to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_FILE
         self._file = self.path.open("a", encoding="utf-8")
         self._tensorboard = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self._tensorboard = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR))
 
     def write(self, record: dict[str, Any], step: int) -> None:
         self._file.write(json.dumps(record, allow_nan=True) + "\n")
@@ -48,11 +56,3 @@ class MetricsWriter:
         self._file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of a run's ``metrics.jsonl``, in order."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,11 +1,35 @@
-"""Run directories: one per run, never overwritten."""
+"""Run directories: one per run, never overwritten, and the names of what a run writes there.
+
+Reports, sweeps and the teacher manifest read run directories; they take the file
+names (and what makes a run finished) from here, where the trainer takes them too.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 from distill.errors import DistillError
+
+RECIPE_FILE = "recipe.yaml"
+RUN_INFO_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+"""Written once, when the last epoch is done: its presence is what "finished" means."""
+LOG_FILE = "log.txt"
+TENSORBOARD_DIR = "tensorboard"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = Path(CHECKPOINT_DIR) / "last.pt"
+BEST_CHECKPOINT = Path(CHECKPOINT_DIR) / "best.pt"
+RUN_ENTRIES = frozenset({RECIPE_FILE, RUN_INFO_FILE, METRICS_FILE, SUMMARY_FILE, LOG_FILE, TENSORBOARD_DIR, CHECKPOINT_DIR})
+"""Everything a run writes at the top of its directory."""
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    """Whether the run in ``run_dir`` trained to its last epoch (it wrote its summary)."""
+    return (Path(run_dir) / SUMMARY_FILE).is_file()
 
 
 def slug(name: str) -> str:
@@ -32,5 +56,35 @@ def claim_run_dir(path: Path) -> Path:
             f"or leave it out to get a fresh, time-stamped one"
         )
     path.mkdir(parents=True, exist_ok=True)
-    (path / "checkpoints").mkdir(exist_ok=True)
+    (path / CHECKPOINT_DIR).mkdir(exist_ok=True)
     return path
+
+
+class MetricsFileError(DistillError):
+    """A run's ``metrics.jsonl`` cannot be read or holds a line that is not a JSON object."""
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl``, in order (none if the file does not exist yet).
+
+    Raises :class:`MetricsFileError` naming the file and line when it is damaged.
+    """
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise MetricsFileError(f"{path}: cannot be read: {error}") from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise MetricsFileError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise MetricsFileError(f"{path}:{number}: expected a JSON object")
+        rows.append(row)
+    return rows

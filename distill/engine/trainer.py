@@ -34,7 +34,16 @@ from distill.engine.loaders import build_datasets, build_loaders
 from distill.engine.metrics import MetricsWriter
 from distill.engine.optim import build_optimizer, build_scheduler
 from distill.engine.progress import Progress
-from distill.engine.rundir import claim_run_dir, new_run_dir
+from distill.engine.rundir import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    LOG_FILE,
+    RECIPE_FILE,
+    RUN_INFO_FILE,
+    SUMMARY_FILE,
+    claim_run_dir,
+    new_run_dir,
+)
 from distill.engine.seeding import seed_everything
 from distill.engine.teacher import FrozenTeacher
 from distill.errors import DistillError, RecipeError
@@ -134,7 +143,7 @@ class Trainer:
         seed_everything(recipe.seed, recipe.deterministic)
         self._check_files()
         self.run_dir = self._make_run_dir(run_dir)
-        self._log_file = (self.run_dir / "log.txt").open("a", encoding="utf-8") if self.is_main else None
+        self._log_file = (self.run_dir / LOG_FILE).open("a", encoding="utf-8") if self.is_main else None
         self._build()
         self.metrics = MetricsWriter(self.run_dir, tensorboard=tensorboard) if self.is_main else None
         self.state = TrainState()
@@ -247,7 +256,7 @@ class Trainer:
     def _write_run_info(self) -> None:
         if not self.is_main:
             return
-        (self.run_dir / "recipe.yaml").write_text(recipe_to_yaml(self.recipe), encoding="utf-8")
+        (self.run_dir / RECIPE_FILE).write_text(recipe_to_yaml(self.recipe), encoding="utf-8")
         info = {
             "distill": distill.__version__,
             "torch": torch.__version__,
@@ -267,7 +276,7 @@ class Trainer:
             "test_size": self.test_size,
             "num_classes": self.num_classes,
         }
-        (self.run_dir / "run.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+        (self.run_dir / RUN_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
 
     def checkpoint_payload(self, accuracy: Accuracy) -> dict:
         distiller = self.unwrapped
@@ -358,7 +367,7 @@ class Trainer:
         if bad:
             raise DistillError(
                 f"training diverged: loss term(s) {', '.join(bad)} became non-finite in epoch {epoch} "
-                f"by step {index}; the last good checkpoint is {self.run_dir / 'checkpoints' / 'last.pt'} "
+                f"by step {index}; the last good checkpoint is {self.run_dir / LAST_CHECKPOINT} "
                 f"(if one was written). Lower the learning rate or check the loss weights."
             )
 
@@ -486,9 +495,9 @@ class Trainer:
         if self.is_main:
             self.metrics.write(row, self.state.step)
             payload = self.checkpoint_payload(accuracy)
-            atomic_save(payload, self.run_dir / "checkpoints" / "last.pt")
+            atomic_save(payload, self.run_dir / LAST_CHECKPOINT)
             if improved:
-                atomic_save(payload, self.run_dir / "checkpoints" / "best.pt")
+                atomic_save(payload, self.run_dir / BEST_CHECKPOINT)
         terms = " ".join(
             f"{key.removeprefix('train/loss/')} {value:.4f}" for key, value in row.items() if key.startswith("train/loss/")
         )
@@ -504,7 +513,7 @@ class Trainer:
             summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
             summary["final_top1_note"] = "last-epoch test top-1: the number the CRD paper reports"
             summary["best_top1_note"] = "best epoch, selected on the test set: for information, do not report"
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+            (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
             self.metrics.close()
         self.log(
             f"done in {result.seconds / 60:.1f} min | final (last-epoch) top-1 {result.final_top1:.2f} "

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 import distill
+from distill.engine.rundir import LAST_CHECKPOINT, SUMMARY_FILE
 from distill.errors import DistillError, UnknownNameError
 from distill.registry import did_you_mean
 
@@ -40,8 +41,6 @@ DOWNLOADS_DIR = ".downloads"
 SUPPORTED_VERSION = 1
 SOURCE_KINDS = ("file", "tar")
 STATUSES = ("missing", "present", "verified", "mismatch")
-RUN_SUMMARY = "summary.json"
-RUN_CHECKPOINT = Path("checkpoints") / "last.pt"
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _HASH_CHUNK = 1 << 20
@@ -137,7 +136,7 @@ class TeacherManifest:
         if published.is_file():
             return published
         run = self.latest_trained_run(name)
-        return run / RUN_CHECKPOINT if run is not None else None
+        return run / LAST_CHECKPOINT if run is not None else None
 
     def is_published(self, name: str, path: str | Path) -> bool:
         """Whether ``path`` is the published ``file`` of ``name`` (not a trained run)."""
@@ -180,7 +179,7 @@ def missing_checkpoint_message(manifest: TeacherManifest, name: str) -> str:
     lines = [
         f"no checkpoint for teacher {name!r} (manifest {display_path(manifest.path)}). Looked for:",
         f"  1. the published checkpoint {published}: not there;",
-        f"  2. a finished run ({RUN_SUMMARY} and {RUN_CHECKPOINT.as_posix()}) under {runs}: none.",
+        f"  2. a finished run ({SUMMARY_FILE} and {LAST_CHECKPOINT.as_posix()}) under {runs}: none.",
         "Get one by either:",
         f"  - downloading it: `distill teachers fetch {name}` (or download {manifest.get(name).file} "
         f"from one of the sources in the manifest and put it at {published});",
@@ -198,10 +197,10 @@ def newest_finished_run(folder: Path) -> Path | None:
     """The run folder at or below ``folder`` holding summary.json and checkpoints/last.pt, newest summary first."""
     if not folder.is_dir():
         return None
-    runs = [summary.parent for summary in folder.rglob(RUN_SUMMARY) if (summary.parent / RUN_CHECKPOINT).is_file()]
+    runs = [summary.parent for summary in folder.rglob(SUMMARY_FILE) if (summary.parent / LAST_CHECKPOINT).is_file()]
     if not runs:
         return None
-    return max(runs, key=lambda run: ((run / RUN_SUMMARY).stat().st_mtime_ns, str(run)))
+    return max(runs, key=lambda run: ((run / SUMMARY_FILE).stat().st_mtime_ns, str(run)))
 
 
 def default_manifest_path() -> Path:
