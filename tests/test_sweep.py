@@ -58,15 +58,9 @@ def sweep_arguments(output: Path, data_root: Path, seeds: str = "0,1") -> list[s
 @pytest.fixture(scope="module")
 def swept(tiny_cifar, random_teachers, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("sweep")
-    previous = os.environ.get(MANIFEST_ENV)
-    os.environ[MANIFEST_ENV] = str(random_teachers)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(MANIFEST_ENV, str(random_teachers))
         assert main(sweep_arguments(output, tiny_cifar)) == 0
-    finally:
-        if previous is None:
-            os.environ.pop(MANIFEST_ENV)
-        else:
-            os.environ[MANIFEST_ENV] = previous
     return output
 
 

@@ -651,21 +651,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def loader_images_per_s(loader: Iterable, batches: int, device: torch.device) -> float:
-    """Images per second delivered by ``loader`` over ``batches`` batches (after one warm-up batch)."""
-    iterator = iter(loader)
-    next(iterator)
-    synchronize(device)
-    started, images = time.perf_counter(), 0
-    for _ in range(batches):
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            iterator = iter(loader)
-            batch = next(iterator)
-        images += batch_images(batch)
-    synchronize(device)
-    return images / (time.perf_counter() - started)
+def loader_images_per_s(loader: Iterable, batches: int, device: torch.device, description: str) -> float:
+    """Images per second delivered by ``loader`` alone (a no-op step) over ``batches`` batches, after one warm-up."""
+    images, seconds, _, _ = time_steps(
+        BatchStream(loader), lambda batch: None, warmup=1, steps=batches, device=device, description=description
+    )
+    return images / seconds
 
 
 def data_throughput(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
@@ -683,16 +674,15 @@ def data_throughput(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     spec = DataSpec(root=str(data_root), verify=False, batch_size=args.batch_size, num_workers=args.workers)
     train_set, test_set = build_datasets(spec)
     fast = build_loaders(spec, train_set, test_set, device=device, seed=0)
-    fast.train_loader.set_epoch(1)
     epoch = len(fast.train_loader)
     reference_batches = min(epoch, args.steps * 10)
-    rates = {"fast": loader_images_per_s(fast.train_loader, epoch, device)}
+    rates = {"fast": loader_images_per_s(fast.train_loader, epoch, device, "[data] fast")}
     for name, dataset in (
         ("reference_kd", ReferenceCIFAR100(data_root)),
         ("reference_crd", ReferenceCIFAR100Sample(data_root, REFERENCE["crd"].num_negatives)),
     ):
         loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers)
-        rates[name] = loader_images_per_s(loader, reference_batches, device)
+        rates[name] = loader_images_per_s(loader, reference_batches, device, f"[data] {name}")
     report = {
         "device": describe_device(device),
         "train_size": train_size,
