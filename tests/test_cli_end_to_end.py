@@ -102,10 +102,11 @@ def test_a_teacher_trains_with_the_same_command(fake_cifar100, tmp_path):
     assert [r["epoch"] for r in rows] == [1] and "train/loss/kd" not in rows[0]
 
 
-def test_a_non_empty_run_dir_is_refused(kd_run, fake_cifar100, tiny_teacher, capsys):
+def test_a_finished_run_dir_is_refused(kd_run, fake_cifar100, tiny_teacher, capsys):
     code = main(["train", str(KD_RECIPE), *small_run_overrides(fake_cifar100), f"teacher.checkpoint={tiny_teacher}", "--run-dir", str(kd_run)])
     assert code == 2
-    assert "not empty" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "finished run" in err and "nothing to resume" in err and "choose another --run-dir" in err
 
 
 def test_bad_input_is_reported_without_a_traceback(fake_cifar100, tmp_path, capsys):

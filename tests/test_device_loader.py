@@ -25,6 +25,7 @@ from distill.data.device_loader import (
     device_loader_unsupported,
     draw_augmentation,
 )
+from distill.data.worker_loader import WorkerLoader
 from distill.data.transforms import CIFAR100_MEAN, CIFAR100_STD, CROP_PADDING, cifar_transform
 from distill.engine.loaders import build_datasets, build_loaders
 from distill.engine.metrics import read_metrics
@@ -275,11 +276,12 @@ def test_auto_picks_the_device_for_cifar_and_workers_for_a_folder(fake_cifar100,
     assert data.on_device and isinstance(data.train_loader, DeviceLoader) and isinstance(data.test_loader, DeviceLoader)
     assert "device" in data.description and "cpu" in data.description
     data = build_loaders(spec_for(fake_cifar100, loader="workers"), *build_datasets(spec))
-    assert not data.on_device and isinstance(data.train_loader, DataLoader) and "DataLoader" in data.description
+    assert not data.on_device and isinstance(data.train_loader, WorkerLoader) and "DataLoader" in data.description
+    assert isinstance(data.test_loader, DataLoader)
 
     folder = spec_for(write_folder(tmp_path / "images"), dataset="folder", batch_size=4, test_batch_size=4)
     data = build_loaders(folder, *build_datasets(folder))
-    assert not data.on_device and isinstance(data.train_loader, DataLoader)
+    assert not data.on_device and isinstance(data.train_loader, WorkerLoader)
     synthetic = DataSpec(dataset="synthetic", root="unused", batch_size=8, options={"train_size": 20, "test_size": 10})
     assert not build_loaders(synthetic, *build_datasets(synthetic)).on_device
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 import torch
 from torch import nn
@@ -12,7 +14,7 @@ from distill.engine.metrics import topk_correct
 from distill.engine.optim import build_optimizer, build_scheduler
 from distill.engine.rundir import claim_run_dir, new_run_dir
 from distill.engine.teacher import FrozenTeacher
-from distill.errors import DistillError
+from distill.errors import CheckpointError, DistillError
 from distill.losses import Batch, DistillLoss, LossContext, build_loss, register_loss
 from distill.models import create_model, probe_feature_shapes
 from distill.recipe.schema import OptimizerSpec, ScheduleSpec
@@ -104,11 +106,12 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
 
     def broken_save(obj, handle):
         handle.write(b"partial")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="disk is full.*resume") as caught:
         atomic_save({"epoch": 2}, path)
+    assert "the previous last.pt is intact" in str(caught.value)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -47,7 +47,7 @@ def evaluate_checkpoint(
     from torch.utils.data import DataLoader
 
     from distill.data import build_dataset
-    from distill.engine.checkpoint import CHECKPOINT_FORMAT
+    from distill.engine.checkpoint import is_run_checkpoint
     from distill.engine.evaluate import evaluate
     from distill.engine.trainer import has_accelerator_device
     from distill.models import create_model
@@ -55,9 +55,9 @@ def evaluate_checkpoint(
 
     checkpoint_path = resolve_checkpoint(path, which)
     checkpoint = read_checkpoint(checkpoint_path)
-    is_run_checkpoint = isinstance(checkpoint, dict) and checkpoint.get("format") == CHECKPOINT_FORMAT
+    run_checkpoint = is_run_checkpoint(checkpoint)
     data = DataSpec()
-    if is_run_checkpoint:
+    if run_checkpoint:
         try:
             data = build_dataclass(DataSpec, checkpoint["recipe"]["data"], ("data",))
         except ValidationIssue as issue:

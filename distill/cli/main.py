@@ -9,6 +9,7 @@ import traceback
 from distill import __version__
 from distill.cli import eval as eval_command
 from distill.cli import fake_data, quickstart, recipes, report, sweep, teachers, train
+from distill.engine.signals import EXIT_STOPPED, TrainingStopped
 from distill.errors import DistillError
 
 SUBCOMMANDS = (train, eval_command, sweep, report, teachers, recipes, quickstart, fake_data)
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
+    except TrainingStopped as error:
+        print(f"distill {args.command}: {error}", file=sys.stderr)
+        return EXIT_STOPPED
     except DistillError as error:
         if args.debug:
             traceback.print_exc()

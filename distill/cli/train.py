@@ -1,29 +1,73 @@
-"""``distill train RECIPE [key.path=value ...]``: distil (or train) a network from a recipe."""
+"""``distill train RECIPE [key.path=value ...]``: distil (or train) a network from a recipe.
+
+``distill train --resume RUN_DIR`` continues a run from its last checkpoint with
+the recipe the run recorded; giving ``--run-dir`` of an unfinished run resumes it
+as well. Either way the recipe and the teacher file are checked against the run's.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from distill.engine.rundir import RECIPE_FILE
+from distill.errors import DistillError
 from distill.recipe import load_recipe
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train a student (or a teacher) from a YAML recipe",
+        help="train a student (or a teacher) from a YAML recipe, or resume a run",
         description="Train from a recipe. Overrides are key.path=value with YAML typing, e.g. "
-        "teacher.checkpoint=teachers/resnet32x4.pth losses.kd.weight=0.9 schedule.epochs=10",
+        "teacher.checkpoint=teachers/resnet32x4.pth losses.kd.weight=0.9 schedule.epochs=10. "
+        "A run stopped by a signal exits with status 75 after writing a checkpoint; "
+        "'distill train --resume RUN_DIR' continues it exactly.",
     )
-    parser.add_argument("recipe", help="a recipe file, e.g. recipes/cifar100/kd/resnet32x4-resnet8x4.yaml")
+    parser.add_argument(
+        "recipe", nargs="?", help="a recipe file, e.g. recipes/cifar100/kd/resnet32x4-resnet8x4.yaml (optional with --resume)"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="recipe overrides")
-    parser.add_argument("--run-dir", help="write the run here (must be new or empty); default: OUTPUT/<recipe>-<time>")
+    parser.add_argument(
+        "--run-dir",
+        help="write the run here (new or empty, or an unfinished run to resume); default: OUTPUT/<recipe>-<time>",
+    )
+    parser.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the unfinished run in RUN_DIR from its last checkpoint"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="resume even though the recipe, the teacher file or the number of processes differ from the run's",
+    )
     parser.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard event files")
     parser.set_defaults(run=run)
+
+
+def _looks_like_override(text: str) -> bool:
+    return "=" in text and not Path(text).exists()
 
 
 def run(args: argparse.Namespace) -> int:
     from distill.engine import train
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    train(recipe, run_dir=args.run_dir, tensorboard=not args.no_tensorboard)
+    recipe_path, overrides, run_dir = args.recipe, list(args.overrides), args.run_dir
+    if args.resume is not None:
+        if run_dir is not None and Path(run_dir) != Path(args.resume):
+            raise DistillError(f"--resume {args.resume} and --run-dir {run_dir} name different runs; give one of them")
+        run_dir = args.resume
+        if recipe_path is not None and _looks_like_override(recipe_path):
+            overrides.insert(0, recipe_path)  # `--resume DIR key=value`: no recipe, only overrides
+            recipe_path = None
+        if recipe_path is None:
+            recipe_path = Path(run_dir) / RECIPE_FILE
+            if not recipe_path.is_file():
+                raise DistillError(
+                    f"--resume {run_dir}: no {RECIPE_FILE} there, so it is not a run directory (or the run died "
+                    f"before writing it); give the recipe as well: distill train RECIPE --run-dir {run_dir}"
+                )
+    elif recipe_path is None:
+        raise DistillError("give a recipe (distill train RECIPE), or --resume RUN_DIR to continue a run")
+    recipe = load_recipe(recipe_path, overrides)
+    train(recipe, run_dir=run_dir, force=args.force, tensorboard=not args.no_tensorboard)
     return 0

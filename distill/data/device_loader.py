@@ -30,12 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from distill.data.epoch_order import BATCH_AUGMENT_STREAM, IGNORED_LABEL, epoch_order, stream_seed
 from distill.data.transforms import CROP_PADDING
 
-#: Label (and index) of the filler items that even out the test shards of several processes.
-IGNORED_LABEL = -1
-
-_ORDER_STREAM, _AUGMENT_STREAM = 0, 1
+__all__ = ["IGNORED_LABEL", "DeviceLoader", "InMemoryImages", "SupportsDeviceLoader", "augment_batch"]
 
 
 @dataclass(frozen=True)
@@ -80,12 +78,6 @@ def device_loader_unsupported(dataset: object) -> str | None:
     if len(source.labels) != len(images):
         return f"it has {len(images)} images but {len(source.labels)} labels"
     return None
-
-
-def _stream_seed(*words: int) -> int:
-    """A 64-bit seed that is a pure function of ``words`` (independent streams for different words)."""
-    entropy = [int(word) % 2**64 for word in words]
-    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
 
 
 def _stats(values: Sequence[float] | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -221,7 +213,7 @@ class DeviceLoader:
         self.process_index, self.num_processes = process_index, num_processes
         self.seed, self.channels_last = seed, channels_last
         self.epoch = 0
-        self._order_generator = torch.Generator()  # CPU: the permutation is the same on every process
+        self._skip = 0
         self._augment_generator = torch.Generator(device=self.device)
 
     @property
@@ -240,23 +232,25 @@ class DeviceLoader:
         """Choose the epoch whose order and augmentation the next iteration yields."""
         self.epoch = epoch
 
+    def skip(self, batches: int) -> None:
+        """Leave out the first ``batches`` batches of the next iteration (resuming mid-epoch).
+
+        Their augmentation is still drawn (cheap: a few random numbers per image, no
+        images made), so the batches that follow are exactly those of an
+        uninterrupted epoch.
+        """
+        self._skip = batches
+
     def order(self, epoch: int | None = None) -> torch.Tensor:
         """This process's dataset indices for ``epoch`` (default: the current one), on the CPU.
 
-        Filler items of an unshuffled loader are :data:`IGNORED_LABEL`.
+        See :func:`~distill.data.epoch_order.epoch_order`; filler items of an
+        unshuffled loader are :data:`IGNORED_LABEL`.
         """
-        epoch = self.epoch if epoch is None else epoch
-        n, p, r = self.dataset_size, self.num_processes, self.process_index
-        total = self.shard_size * p
-        if not self.shuffle:
-            order = torch.arange(total)
-            order[n:] = IGNORED_LABEL
-            return order[r * self.shard_size : (r + 1) * self.shard_size]
-        self._order_generator.manual_seed(_stream_seed(self.seed, _ORDER_STREAM, epoch))
-        permutation = torch.randperm(n, generator=self._order_generator)
-        if total > n:  # wrap around, as DistributedSampler
-            permutation = permutation.repeat(math.ceil(total / n))[:total]
-        return permutation[r::p]
+        return epoch_order(
+            self.dataset_size, seed=self.seed, epoch=self.epoch if epoch is None else epoch, shuffle=self.shuffle,
+            process_index=self.process_index, num_processes=self.num_processes,
+        )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         order = self.order().to(self.device)
@@ -265,10 +259,16 @@ class DeviceLoader:
         labels = torch.where(valid, self.labels[gather], IGNORED_LABEL)
         if self.augment:
             self._augment_generator.manual_seed(
-                _stream_seed(self.seed, _AUGMENT_STREAM, self.epoch, self.process_index)
+                stream_seed(self.seed, BATCH_AUGMENT_STREAM, self.epoch, self.process_index)
             )
+        skipped, self._skip = self._skip, 0
         for start in range(0, len(order), self.batch_size):
             stop = min(start + self.batch_size, len(order))
+            if skipped > 0:
+                skipped -= 1
+                if self.augment:
+                    draw_augmentation(stop - start, self.padding, self._augment_generator)
+                continue
             images = self.images.index_select(0, gather[start:stop])
             if self.augment:
                 offsets_y, offsets_x, flips = draw_augmentation(stop - start, self.padding, self._augment_generator)

@@ -3,10 +3,16 @@
 The student's weights sit under ``model`` with the zoo's (= the reference's) key
 names, so a distilled student loads anywhere a RepDistiller teacher file does:
 ``create_model(arch, checkpoint=".../best.pt")`` or as another run's teacher.
+
+Format 2 adds everything exact resume needs (see ``Trainer.checkpoint_payload``):
+the position in the data order, the scheduler and grad-scaler states, and per
+process the random generators, the loss modules' private generators and the
+epoch's running loss sums. Format 1 files still evaluate, but cannot be resumed.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -16,31 +22,70 @@ import torch
 from distill.errors import CheckpointError
 from distill.models.checkpoint import read_checkpoint
 
-CHECKPOINT_FORMAT = "distill-checkpoint/1"
+CHECKPOINT_FORMAT = "distill-checkpoint/2"
+READABLE_FORMATS = ("distill-checkpoint/1", CHECKPOINT_FORMAT)
+"""Run checkpoint formats ``distill eval`` reads; only :data:`CHECKPOINT_FORMAT` resumes."""
+
+
+def is_run_checkpoint(checkpoint: Any) -> bool:
+    """Whether a loaded object is a checkpoint written by distill's trainer (any readable format)."""
+    return isinstance(checkpoint, dict) and checkpoint.get("format") in READABLE_FORMATS
 
 
 def atomic_save(obj: Any, path: Path) -> None:
     """Write to a temporary file beside ``path``, flush it to disk, then rename over ``path``.
 
-    A crash mid-write leaves the previous file intact.
+    A crash or a full disk mid-write leaves the previous file intact (and no
+    temporary file behind). The directory is synced after the rename, so the new
+    name survives a power cut too.
+
+    Raises:
+        CheckpointError: the file could not be written (full disk, no permission …);
+            says that the previous file is intact.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with temporary.open("wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        _sync_directory(path.parent)
+    except OSError as error:
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
+        hint = (
+            "the disk is full: free space"
+            if error.errno in (errno.ENOSPC, errno.EDQUOT)
+            else "check that the run directory is writable"
+        )
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {error.strerror or error}; {kept}. "
+            f"What to do: {hint}, then resume with 'distill train --resume {path.parent.parent}'."
+        ) from error
     finally:
         if temporary.exists():
             temporary.unlink()
 
 
+def _sync_directory(directory: Path) -> None:
+    """fsync a directory so that a rename inside it is durable (a no-op where unsupported)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
 def load_run_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by distill's trainer (safe loading, on CPU)."""
     checkpoint = read_checkpoint(path)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+    if not is_run_checkpoint(checkpoint):
         raise CheckpointError(
             f"{path} is not a distill run checkpoint (no format {CHECKPOINT_FORMAT!r}); "
             f"for a bare or reference checkpoint, name the architecture with --arch"

@@ -8,8 +8,13 @@ Two data paths, chosen by the recipe's ``data.loader``:
   so the trainer does not hand it to ``accelerator.prepare``. Datasets that provide
   ``in_memory_images()`` support it: CIFAR-10 and CIFAR-100.
 * ``workers``: a ``DataLoader`` whose worker processes run the dataset's per-image
-  transforms, with persistent workers and pinned memory (when CUDA is available);
-  Accelerate shards it and copies batches to the device without blocking.
+  transforms, with persistent workers and pinned memory (when CUDA is available).
+  For training it is wrapped in :class:`~distill.data.worker_loader.WorkerLoader`,
+  which shards itself and seeds each item's transforms by ``(seed, epoch, index)``;
+  the test loader is left to Accelerate to shard.
+
+Either way the training loader's batches are a pure function of the seed, the
+epoch and the position in it (``set_epoch``, ``skip``): what exact resume needs.
 
 ``auto`` (the default) takes ``device`` when the dataset supports it, else ``workers``.
 """
@@ -24,18 +29,24 @@ from torch.utils.data import DataLoader, Dataset
 
 from distill.data import build_dataset
 from distill.data.device_loader import DeviceLoader, SupportsDeviceLoader, device_loader_unsupported
+from distill.data.worker_loader import WorkerLoader
 from distill.errors import DataError
 from distill.recipe.schema import DataSpec
 
 
 @dataclass
 class DataBundle:
-    """The two splits and their loaders; ``on_device``: the loaders make batches on the device themselves."""
+    """The two splits and their loaders.
+
+    The training loader always shards itself and yields batches on the device;
+    ``on_device``: the test loader does too (else it is a plain ``DataLoader`` for
+    ``accelerator.prepare``).
+    """
 
     train_set: Dataset
     test_set: Dataset
-    train_loader: Any  # DataLoader or DeviceLoader
-    test_loader: Any
+    train_loader: Any  # DeviceLoader or WorkerLoader
+    test_loader: Any  # DeviceLoader or DataLoader
     on_device: bool = False
     description: str = "DataLoader"
 
@@ -81,8 +92,7 @@ def build_loaders(
     """Shuffled training loader (last partial batch kept, as the reference) and ordered test loader.
 
     ``device``, ``process_index``, ``num_processes``, ``seed`` and ``channels_last``
-    serve the device loader (the DataLoader path leaves sharding, seeding and the
-    copy to the device to Accelerate).
+    serve the training loader (and the device test loader), which shards itself.
     """
     if spec.batch_size > len(train_set):
         raise DataError(
@@ -104,9 +114,14 @@ def build_loaders(
         )
         return DataBundle(train_set, test_set, train_loader, test_loader, on_device=True, description=description)
     pin_memory = torch.cuda.is_available()
-    workers = dict(num_workers=spec.num_workers, pin_memory=pin_memory, persistent_workers=spec.num_workers > 0)
-    train_loader = DataLoader(train_set, batch_size=spec.batch_size, shuffle=True, drop_last=False, **workers)
-    test_loader = DataLoader(test_set, batch_size=spec.test_batch_size, shuffle=False, **workers)
+    train_loader = WorkerLoader(
+        train_set, spec.batch_size, num_workers=spec.num_workers, device=device, process_index=process_index,
+        num_processes=num_processes, seed=seed, channels_last=channels_last, pin_memory=pin_memory,
+    )
+    test_loader = DataLoader(
+        test_set, batch_size=spec.test_batch_size, shuffle=False, num_workers=spec.num_workers,
+        pin_memory=pin_memory, persistent_workers=spec.num_workers > 0,
+    )
     processes = f"{spec.num_workers} worker(s)" if spec.num_workers > 0 else "no worker processes"
     description = f"DataLoader, {processes}{', pinned memory' if pin_memory else ''}"
     return DataBundle(train_set, test_set, train_loader, test_loader, on_device=False, description=description)

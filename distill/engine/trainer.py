@@ -7,7 +7,14 @@ through Hugging Face Accelerate. A training step follows one path:
     every loss term) → weighted total → backward → optimiser step.
 
 Each epoch ends with test accuracy, a ``metrics.jsonl`` row (mirrored to
-TensorBoard) and the ``last`` (and, when it improves, ``best``) checkpoint.
+TensorBoard) and the ``last`` (and, when it improves, ``best``) checkpoint;
+``checkpoint_every_steps`` adds checkpoints inside epochs.
+
+Reliability: a checkpoint holds everything that decides the rest of the run, so a
+run given its directory again resumes bit-identically (:mod:`distill.engine.resume`
+decides when that is allowed); every step is checked for non-finite values
+(:mod:`distill.engine.guard`); SIGTERM/SIGINT stop the run cleanly after a
+checkpoint (:mod:`distill.engine.signals`).
 """
 
 from __future__ import annotations
@@ -19,23 +26,35 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object
 
 import distill
-from distill.engine.checkpoint import CHECKPOINT_FORMAT, atomic_save
+from distill.engine.checkpoint import CHECKPOINT_FORMAT, atomic_save, load_run_checkpoint
 from distill.engine.distiller import Distiller, in_full_precision
 from distill.engine.evaluate import Accuracy, evaluate
+from distill.engine.guard import NonFiniteError, StepGuard, StepVerdict
 from distill.engine.loaders import build_datasets, build_loaders
 from distill.engine.metrics import MetricsWriter
 from distill.engine.optim import build_optimizer, build_scheduler
 from distill.engine.progress import Progress
+from distill.engine.resume import (
+    ResumeError,
+    RunDirPlan,
+    check_same_recipe,
+    check_same_teacher,
+    clear_for_restart,
+    plan_run_dir,
+)
+from distill.engine.rng import capture_rng_state, restore_rng_state
 from distill.engine.rundir import (
     BEST_CHECKPOINT,
+    CHECKPOINT_DIR,
     LAST_CHECKPOINT,
     LOG_FILE,
     RECIPE_FILE,
@@ -45,12 +64,15 @@ from distill.engine.rundir import (
     new_run_dir,
 )
 from distill.engine.seeding import seed_everything
+from distill.engine.signals import StopSignals, TrainingStopped
 from distill.engine.teacher import FrozenTeacher
-from distill.errors import DistillError, RecipeError
+from distill.errors import CheckpointError, DistillError, RecipeError
 from distill.losses import Batch, InitStage, LossContext, build_loss
 from distill.models import create_model, probe_feature_shapes
 from distill.recipe import Recipe, recipe_to_dict, recipe_to_yaml
+from distill.recipe.schema import ModelSpec, TeacherSpec
 from distill.recipe.load import resolve_teacher_checkpoint
+from distill.teachers.manifest import sha256_file
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 INIT_DATA_SEED_OFFSET = 1_000_000
@@ -59,12 +81,19 @@ INIT_DATA_SEED_OFFSET = 1_000_000
 
 @dataclass
 class TrainState:
-    """Counters that describe how far a run has come."""
+    """Counters that describe how far a run has come.
+
+    ``epoch`` counts finished epochs; ``batch`` the batches done of the next one
+    (0 at an epoch boundary); ``step`` every optimisation step, skipped ones included.
+    """
 
     epoch: int = 0
     step: int = 0
+    batch: int = 0
     best_top1: float = -math.inf
     best_epoch: int = 0
+    top1: float = math.nan
+    top5: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -126,14 +155,30 @@ def compile_networks(student: torch.nn.Module, teacher: torch.nn.Module | None, 
         teacher.compile(backend=backend)
 
 
+def build_network(role: str, spec: ModelSpec | TeacherSpec, num_classes: int) -> torch.nn.Module:
+    """The student's or the teacher's network with its weights; a bad checkpoint names the recipe key."""
+    try:
+        return create_model(spec.arch, num_classes, spec.checkpoint, **spec.options)
+    except CheckpointError as error:
+        raise CheckpointError(f"{role}.checkpoint: {error}") from None
+
+
 class Trainer:
-    """Builds everything a recipe describes, then trains and evaluates epoch by epoch."""
+    """Builds everything a recipe describes, then trains and evaluates epoch by epoch.
+
+    ``run_dir``: where the run lives; a new time-stamped folder under the recipe's
+    ``output_dir`` if not given. A ``run_dir`` that holds an unfinished run is
+    resumed from its last checkpoint (or started over in place if it has none),
+    after checking that the recipe and the teacher file are those the run started
+    with; ``force=True`` continues despite differences.
+    """
 
     def __init__(
         self,
         recipe: Recipe,
         run_dir: str | Path | None = None,
         *,
+        force: bool = False,
         tensorboard: bool = True,
         echo: Callable[[str], None] | None = None,
     ) -> None:
@@ -142,11 +187,32 @@ class Trainer:
         self._echo = echo or (lambda line: print(line, flush=True))
         seed_everything(recipe.seed, recipe.deterministic)
         self._check_files()
-        self.run_dir = self._make_run_dir(run_dir)
+        self.teacher_sha256 = sha256_file(recipe.teacher.checkpoint) if recipe.teacher and recipe.teacher.checkpoint else None
+        plan, checkpoint = self._plan(run_dir, force)
+        self._build()  # before the run directory is touched: bad input leaves nothing behind
+        self.run_dir = self._open_run_dir(plan)
         self._log_file = (self.run_dir / LOG_FILE).open("a", encoding="utf-8") if self.is_main else None
-        self._build()
-        self.metrics = MetricsWriter(self.run_dir, tensorboard=tensorboard) if self.is_main else None
         self.state = TrainState()
+        self.guard = StepGuard(
+            device=self.accelerator.device,
+            num_processes=self.accelerator.num_processes,
+            skip_limit=recipe.skip_nonfinite,
+            check_gradients=self.accelerator.scaler is None,  # fp16's scaler skips overflowing steps itself
+        )
+        self._parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self._signals: StopSignals | None = None
+        self._stop_agreed = False
+        self.last_step_applied = True
+        self._epoch_sums: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._resumed_rng: dict | None = None
+        self.last_saved = "none (no checkpoint was written yet)"
+        self.resumed = plan.resumes
+        if plan.resumes:
+            if checkpoint is None:
+                checkpoint = load_run_checkpoint(plan.checkpoint)
+            self._restore(checkpoint, plan.checkpoint)
+        keep_rows = checkpoint["metrics_rows"] if plan.resumes else None
+        self.metrics = MetricsWriter(self.run_dir, tensorboard=tensorboard, keep_rows=keep_rows) if self.is_main else None
 
     @property
     def is_main(self) -> bool:
@@ -180,14 +246,81 @@ class Trainer:
                 )
                 raise DistillError(f"{role}.checkpoint: file {spec.checkpoint} does not exist.{hint}")
 
-    def _make_run_dir(self, run_dir: str | Path | None) -> Path:
-        chosen = [None]
+    def _on_main(self, decide: Callable[[], Any]) -> Any:
+        """Run ``decide`` on the main process and hand every process its result, or its error."""
+        box: list[Any] = [None]
         if self.is_main:
-            path = Path(run_dir) if run_dir is not None else new_run_dir(self.recipe.output_dir, self.recipe.name)
-            chosen[0] = str(claim_run_dir(path))
+            try:
+                box[0] = ("result", decide())
+            except DistillError as error:
+                box[0] = ("error", error)
         if self.accelerator.num_processes > 1:
-            broadcast_object_list(chosen, from_process=0)
-        return Path(chosen[0])
+            broadcast_object_list(box, from_process=0)
+        kind, value = box[0]
+        if kind == "error":
+            raise value
+        return value
+
+    def _plan(self, run_dir: str | Path | None, force: bool) -> tuple[RunDirPlan, dict | None]:
+        """Decide (on the main process) whether this is a new run, a restart in place or a resume; check a resume.
+
+        Returns the plan and, on the main process of a resume, the checkpoint it read.
+        """
+        read: dict[str, Any] = {}
+
+        def decide() -> RunDirPlan:
+            if run_dir is None:
+                return RunDirPlan(new_run_dir(self.recipe.output_dir, self.recipe.name))
+            plan = plan_run_dir(Path(run_dir))
+            if plan.resumes or plan.restart:
+                current = yaml.safe_load(recipe_to_yaml(self.recipe))
+                for difference in check_same_recipe(plan.path, current, force=force):
+                    self._forced.append(f"recipe {difference}")
+            if plan.resumes:
+                checkpoint = load_run_checkpoint(plan.checkpoint)
+                if checkpoint.get("format") != CHECKPOINT_FORMAT:
+                    raise ResumeError(
+                        f"{plan.checkpoint} was written by an older distill (format {checkpoint.get('format')!r}) "
+                        f"and holds no resume state; start a new run (another --run-dir)"
+                    )
+                note = check_same_teacher(plan.path, checkpoint.get("teacher_sha256"), self.teacher_sha256, force=force)
+                if note:
+                    self._forced.append(note)
+                recorded = len(checkpoint["processes"])
+                if recorded != self.accelerator.num_processes:
+                    message = (
+                        f"{plan.checkpoint} was written by {recorded} process(es), this run has "
+                        f"{self.accelerator.num_processes}: the data order and random streams cannot continue exactly"
+                    )
+                    if not force:
+                        raise ResumeError(f"{message}. Resume with {recorded} process(es), or pass --force.")
+                    self._forced.append(message + " (the epoch in progress restarts from its first batch)")
+                read["checkpoint"] = checkpoint
+            return plan
+
+        self._forced: list[str] = []
+        plan = self._on_main(decide)
+        return plan, read.get("checkpoint")
+
+    def _open_run_dir(self, plan: RunDirPlan) -> Path:
+        """Create (new run), clear (restart in place) or keep (resume) the run directory."""
+
+        def prepare() -> str:
+            if plan.resumes:
+                return str(plan.path)
+            if plan.restart:
+                clear_for_restart(plan.path)
+                (plan.path / CHECKPOINT_DIR).mkdir()
+                return str(plan.path)
+            try:
+                return str(claim_run_dir(plan.path))
+            except OSError as error:
+                raise DistillError(
+                    f"cannot create run directory {plan.path}: {error.strerror or error}; "
+                    f"choose a writable --run-dir (or output_dir)"
+                ) from None
+
+        return Path(self._on_main(prepare))
 
     def _build(self) -> None:
         recipe, accelerator = self.recipe, self.accelerator
@@ -197,9 +330,9 @@ class Trainer:
         num_classes = train_set.num_classes
         teacher = None
         if recipe.teacher is not None:
-            teacher_net = create_model(recipe.teacher.arch, num_classes, recipe.teacher.checkpoint, **recipe.teacher.options)
+            teacher_net = build_network("teacher", recipe.teacher, num_classes)
             teacher = FrozenTeacher(teacher_net, device, channels_last=recipe.channels_last)
-        student = create_model(recipe.student.arch, num_classes, recipe.student.checkpoint, **recipe.student.options)
+        student = build_network("student", recipe.student, num_classes)
         if recipe.channels_last:
             student.to(memory_format=torch.channels_last)
         student_shapes = probe_feature_shapes(student, train_set.input_shape)
@@ -237,13 +370,9 @@ class Trainer:
             seed=recipe.seed,
             channels_last=recipe.channels_last,
         )
-        if data.on_device:  # batches are made on the device and sharded by the loader itself
-            self.distiller, self.optimizer = accelerator.prepare(distiller, optimizer)
-            self.train_loader, self.test_loader = data.train_loader, data.test_loader
-        else:
-            self.distiller, self.optimizer, self.train_loader, self.test_loader = accelerator.prepare(
-                distiller, optimizer, data.train_loader, data.test_loader
-            )
+        self.distiller, self.optimizer = accelerator.prepare(distiller, optimizer)
+        self.train_loader = data.train_loader  # shards itself and yields batches on the device
+        self.test_loader = data.test_loader if data.on_device else accelerator.prepare(data.test_loader)
         self.data_path = data.description
         self.teacher = teacher
         self.num_classes = num_classes
@@ -254,7 +383,25 @@ class Trainer:
         return self.accelerator.unwrap_model(self.distiller)
 
     def _write_run_info(self) -> None:
+        """``recipe.yaml`` and ``run.json`` for a new run; a resume appends itself to ``run.json``."""
         if not self.is_main:
+            return
+        info_path = self.run_dir / RUN_INFO_FILE
+        if self.resumed:
+            info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+            info.setdefault("resumes", []).append(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "command": sys.argv,
+                    "from_epoch": self.state.epoch,
+                    "from_batch": self.state.batch,
+                    "from_step": self.state.step,
+                    "forced": self._forced,
+                }
+            )
+            if self._forced:
+                (self.run_dir / RECIPE_FILE).write_text(recipe_to_yaml(self.recipe), encoding="utf-8")
+            info_path.write_text(json.dumps(info, indent=2), encoding="utf-8")
             return
         (self.run_dir / RECIPE_FILE).write_text(recipe_to_yaml(self.recipe), encoding="utf-8")
         info = {
@@ -275,75 +422,210 @@ class Trainer:
             "train_size": self.train_size,
             "test_size": self.test_size,
             "num_classes": self.num_classes,
+            "teacher_sha256": self.teacher_sha256,
         }
-        (self.run_dir / RUN_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        info_path.write_text(json.dumps(info, indent=2), encoding="utf-8")
 
-    def checkpoint_payload(self, accuracy: Accuracy) -> dict:
+    def _process_state(self) -> dict[str, Any]:
+        """What differs per process and decides its future: random generators, the epoch's running loss sums."""
+        sums = None
+        if self._epoch_sums is not None and self.state.batch > 0:
+            sums = tuple(t.detach().cpu() for t in self._epoch_sums)
+        return {
+            "rng": capture_rng_state(),
+            "losses": {name: loss.process_state() for name, loss in self.unwrapped.losses.items()},
+            "epoch_sums": sums,
+        }
+
+    def checkpoint_payload(self, processes: list[dict[str, Any]]) -> dict:
+        """Everything that decides the rest of the run; ``processes``: each process's :meth:`_process_state`."""
         distiller = self.unwrapped
+        scaler = self.accelerator.scaler
         return {
             "format": CHECKPOINT_FORMAT,
             "epoch": self.state.epoch,
+            "batch": self.state.batch,
             "step": self.state.step,
             "arch": self.recipe.student.arch,
             "num_classes": self.num_classes,
             "model": distiller.student.state_dict(),
             "losses": distiller.losses.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "top1": accuracy.top1,
-            "top5": accuracy.top5,
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "top1": self.state.top1,
+            "top5": self.state.top5,
             "best_top1": self.state.best_top1,
             "best_epoch": self.state.best_epoch,
+            "skipped_steps": self.guard.skipped,
+            "metrics_rows": self.metrics.rows if self.metrics else 0,
+            "teacher_sha256": self.teacher_sha256,
             "recipe": recipe_to_dict(self.recipe),
+            "processes": processes,
         }
 
+    def _restore(self, checkpoint: dict[str, Any], path: Path) -> None:
+        """Load a checkpoint's state into the freshly built run (on every process)."""
+        distiller = self.unwrapped
+        try:
+            distiller.student.load_state_dict(checkpoint["model"])
+            distiller.losses.load_state_dict(checkpoint["losses"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise ResumeError(
+                f"{path} does not fit the model, losses or optimiser this recipe builds ({error}); "
+                f"resume with the run's own recipe ('distill train --resume {self.run_dir}')"
+            ) from None
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.accelerator.scaler is not None and checkpoint.get("scaler"):
+            self.accelerator.scaler.load_state_dict(checkpoint["scaler"])
+        state = self.state
+        state.epoch, state.batch, state.step = checkpoint["epoch"], checkpoint["batch"], checkpoint["step"]
+        state.best_top1, state.best_epoch = checkpoint["best_top1"], checkpoint["best_epoch"]
+        state.top1, state.top5 = checkpoint["top1"], checkpoint["top5"]
+        self.guard.skipped = checkpoint.get("skipped_steps", 0)
+        processes = checkpoint["processes"]
+        if len(processes) == self.accelerator.num_processes:
+            mine = processes[self.accelerator.process_index]
+            self._resumed_rng = mine["rng"]
+            for name, loss in distiller.losses.items():
+                loss.load_process_state(mine["losses"].get(name, {}))
+            if mine["epoch_sums"] is not None:
+                device = self.accelerator.device
+                self._epoch_sums = tuple(t.to(device) for t in mine["epoch_sums"])  # type: ignore[assignment]
+        else:  # forced across a different number of processes: restart the epoch in progress
+            state.batch = 0
+        self.last_saved = f"{path} (epoch {state.epoch}, step {state.step})"
+
+    def save_checkpoint(self, *, best: bool = False) -> None:
+        """Write ``last`` (and ``best``) at the current position, after making sure no bad step precedes it.
+
+        Every process takes part (each contributes its own random states).
+        """
+        self._handle(self.guard.flush())
+        processes = [self._process_state()]
+        if self.accelerator.num_processes > 1:
+            processes = gather_object(processes)
+        if self.is_main:
+            payload = self.checkpoint_payload(processes)
+            atomic_save(payload, self.run_dir / LAST_CHECKPOINT)
+            if best:
+                atomic_save(payload, self.run_dir / BEST_CHECKPOINT)
+        self.accelerator.wait_for_everyone()
+        self.last_saved = f"{self.run_dir / LAST_CHECKPOINT} (epoch {self.state.epoch}, step {self.state.step})"
+
+    def _handle(self, verdict: StepVerdict | None) -> None:
+        """Stop on a non-finite step; note an agreed stop request."""
+        if verdict is None:
+            return
+        if verdict.problem is not None:
+            raise NonFiniteError(
+                f"training stopped at step {verdict.step} ({verdict.where}): {verdict.problem}. "
+                f"Nothing from this step on was saved; the last good checkpoint is {self.last_saved}. "
+                f"What to do: lower optimizer.lr or the loss weights, then resume from that checkpoint "
+                f"('distill train --resume {self.run_dir} optimizer.lr=... --force'), or set skip_nonfinite: N "
+                f"to skip up to N such steps."
+            )
+        self._stop_agreed = self._stop_agreed or verdict.stop
+
+    def _stop(self, where: str) -> None:
+        """Checkpoint at the current position (already done when ``where`` is an epoch end) and stop."""
+        signal_name = self._signals.requested if self._signals and self._signals.requested else "a stop request"
+        raise TrainingStopped(
+            f"stopped by {signal_name} {where}; checkpoint {self.last_saved}. "
+            f"Continue with: distill train --resume {self.run_dir}"
+        )
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training set; returns the epoch's mean loss terms and throughput."""
-        accelerator, distiller = self.accelerator, self.distiller
-        self.train_loader.set_epoch(epoch)
+        """One pass over the training set; returns the epoch's mean loss terms and throughput.
+
+        A run resumed inside this epoch starts at the batch after its checkpoint,
+        with the running sums of the batches before it.
+        """
+        accelerator, distiller, loader = self.accelerator, self.distiller, self.train_loader
+        start = self.state.batch
+        loader.set_epoch(epoch)
+        if start:
+            loader.skip(start)
         for loss in self.unwrapped.losses.values():
             loss.start_epoch(epoch, self.recipe.schedule.epochs)
         distiller.train()
         names = [*self.recipe.losses, "total"]
-        sums = torch.zeros(len(names), dtype=torch.float64, device=accelerator.device)
-        seen = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-        progress = Progress(
-            len(self.train_loader), f"epoch {epoch}/{self.recipe.schedule.epochs}", enabled=self.is_main
-        )
-        log_every, pending = self.recipe.log_every, 0
+        if self._epoch_sums is None or start == 0:
+            self._epoch_sums = (
+                torch.zeros(len(names), dtype=torch.float64, device=accelerator.device),
+                torch.zeros((), dtype=torch.float64, device=accelerator.device),
+            )
+        sums, seen = self._epoch_sums
+        progress = Progress(len(loader), f"epoch {epoch}/{self.recipe.schedule.epochs}", enabled=self.is_main)
+        progress.update(start)
+        log_every, every, pending, counted = self.recipe.log_every, self.recipe.checkpoint_every_steps, 0, 0
         started = time.perf_counter()
-        for index, (inputs, labels, indices) in enumerate(self.train_loader, start=1):
+        for index, (inputs, labels, indices) in enumerate(loader, start=start + 1):
+            self._where = f"epoch {epoch}, batch {index}"
             terms, total = self.train_step(inputs, labels, indices)
-            batch = labels.shape[0]
-            sums += torch.stack([*terms.values(), total]).detach().double() * batch
-            seen += batch
+            if self.last_step_applied:
+                batch = labels.shape[0]
+                sums += torch.stack([*terms.values(), total]).detach().double() * batch
+                seen += batch
+                counted += batch
+            self.state.batch = index
             pending += 1
-            if index % log_every == 0 or index == len(self.train_loader):
-                means = (sums / seen).tolist()  # the only host sync: once per log interval
-                self._check_finite(names, means, epoch, index)
-                rate = seen.item() * accelerator.num_processes / (time.perf_counter() - started)
+            if index % log_every == 0 or index == len(loader):
+                means = (sums / seen.clamp(min=1)).tolist()  # the only host sync besides the guard's
+                rate = counted * accelerator.num_processes / (time.perf_counter() - started)
                 progress.update(pending, {"loss": means[-1], "img/s": rate})
                 pending = 0
+            if index < len(loader) and (self._stop_agreed or (every and self.state.step % every == 0)):
+                self.save_checkpoint()
+                if self._stop_agreed:
+                    progress.close()
+                    self._stop(f"in epoch {epoch} after batch {index}")
         progress.close()
+        self._handle(self.guard.flush())
         elapsed = time.perf_counter() - started
-        sums = accelerator.reduce(sums, reduction="sum")
-        seen = accelerator.reduce(seen, reduction="sum")
-        means = (sums / seen).tolist()
+        sums = accelerator.reduce(sums.clone(), reduction="sum")
+        seen = accelerator.reduce(seen.clone(), reduction="sum")
+        means = (sums / seen.clamp(min=1)).tolist()
         record = {f"train/loss/{name}": value for name, value in zip(names, means)}
-        record["train/images_per_s"] = seen.item() / elapsed
+        record["train/images_per_s"] = counted * accelerator.num_processes / elapsed
         record["time/epoch_s"] = elapsed
         return record
 
     def train_step(
         self, inputs: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """One optimisation step on one batch; returns the loss terms and the weighted total (on the device)."""
+        """One optimisation step on one batch; returns the loss terms and the weighted total (on the device).
+
+        The step is checked for non-finite values (see :class:`StepGuard`); with
+        ``skip_nonfinite`` a bad step is dropped and ``last_step_applied`` is False.
+        """
         terms, total, _ = self.distiller(inputs, labels, indices)
         if self.state.step == 0:
             self._check_first_terms(terms)
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(total)
-        self.optimizer.step()
-        self.state.step += 1
+        step, where = self.state.step + 1, getattr(self, "_where", f"step {self.state.step + 1}")
+        stop_requested = self._signals is not None and self._signals.requested is not None
+        flags = self.guard.flags(total, self._parameters, stop_requested)
+        self.state.step = step
+        if self.guard.synchronous:
+            verdict = self.guard.read(step, flags, terms, where)
+            if verdict.problem is not None and self.guard.may_skip():
+                self.optimizer.zero_grad(set_to_none=True)
+                self.last_step_applied = False
+                self.log(
+                    f"step {step} ({where}): {verdict.problem}; step skipped "
+                    f"({self.guard.skipped} of skip_nonfinite={self.guard.skip_limit})"
+                )
+                self._stop_agreed = self._stop_agreed or verdict.stop
+                return terms, total
+            self._handle(verdict)
+            self.optimizer.step()
+        else:
+            self.optimizer.step()
+            self._handle(self.guard.defer(step, flags, terms, where))
+        self.last_step_applied = True
         return terms, total
 
     def _check_first_terms(self, terms: dict[str, torch.Tensor]) -> None:
@@ -362,15 +644,6 @@ class Trainer:
                     f"check its inputs and parameters"
                 )
 
-    def _check_finite(self, names: list[str], means: list[float], epoch: int, index: int) -> None:
-        bad = [name for name, value in zip(names, means) if not math.isfinite(value)]
-        if bad:
-            raise DistillError(
-                f"training diverged: loss term(s) {', '.join(bad)} became non-finite in epoch {epoch} "
-                f"by step {index}; the last good checkpoint is {self.run_dir / LAST_CHECKPOINT} "
-                f"(if one was written). Lower the learning rate or check the loss weights."
-            )
-
     def speed_settings(self) -> str:
         """Precision, memory format and compilation as they take effect (fp16 is a no-op on CPU)."""
         recipe = self.recipe
@@ -385,10 +658,73 @@ class Trainer:
         return ", ".join(parts)
 
     def fit(self) -> TrainResult:
-        """Train for the recipe's epochs; returns last- and best-epoch accuracy."""
+        """Train to the recipe's last epoch (from where a resumed run stopped); returns last- and best-epoch accuracy.
+
+        SIGTERM/SIGINT stop the run after a checkpoint (:class:`TrainingStopped`).
+        """
+        try:
+            with StopSignals() as signals:
+                self._signals = signals
+                return self._fit()
+        finally:
+            self._signals = None
+            self._close()
+
+    def _fit(self) -> TrainResult:
         recipe = self.recipe
         self._write_run_info()
+        self._log_start()
+        if self.resumed:
+            self.run_init_stages(train=False)
+        else:
+            if self.teacher is not None:
+                teacher_accuracy = evaluate(self.teacher.module, self.test_loader, self.accelerator)
+                self.log(f"teacher top-1 {teacher_accuracy.top1:.2f}  top-5 {teacher_accuracy.top5:.2f}")
+                if self.metrics:
+                    row = {"epoch": 0, "step": 0, "teacher/top1": teacher_accuracy.top1, "teacher/top5": teacher_accuracy.top5}
+                    self.metrics.write(row, 0)
+            self.run_init_stages()
+        if self._resumed_rng is not None:
+            restore_rng_state(self._resumed_rng)
+            self._resumed_rng = None
+        started = time.perf_counter()
+        for epoch in range(self.state.epoch + 1, recipe.schedule.epochs + 1):
+            lr = self.optimizer.param_groups[0]["lr"]
+            record = self.train_epoch(epoch)
+            self.scheduler.step()
+            accuracy = evaluate(self.unwrapped.student, self.test_loader, self.accelerator)
+            self.state.epoch, self.state.batch = epoch, 0
+            self.state.top1, self.state.top5 = accuracy.top1, accuracy.top5
+            improved = accuracy.top1 > self.state.best_top1
+            if improved:
+                self.state.best_top1, self.state.best_epoch = accuracy.top1, epoch
+            row = {"epoch": epoch, "step": self.state.step, "lr": lr, **record,
+                   "test/top1": accuracy.top1, "test/top5": accuracy.top5}
+            self._end_epoch(row, accuracy, improved)
+            if self._stop_agreed or (self._signals is not None and self._signals.requested):
+                if epoch < recipe.schedule.epochs:
+                    self._stop(f"at the end of epoch {epoch}")
+        seconds = time.perf_counter() - started
+        result = TrainResult(
+            run_dir=self.run_dir,
+            final_top1=self.state.top1,
+            final_top5=self.state.top5,
+            best_top1=self.state.best_top1,
+            best_epoch=self.state.best_epoch,
+            epochs=self.state.epoch,
+            seconds=seconds,
+        )
+        self._finish(result)
+        return result
+
+    def _log_start(self) -> None:
+        recipe = self.recipe
         self.log(f"run directory: {self.run_dir}")
+        if self.resumed:
+            self.log(
+                f"resuming from {self.last_saved}: epoch {self.state.epoch + 1}, batch {self.state.batch + 1}"
+                + (f" | forced: {'; '.join(self._forced)}" if self._forced else "")
+            )
         self.log(
             f"student {recipe.student.arch}"
             + (f" ← teacher {recipe.teacher.arch}" if recipe.teacher else " (no teacher)")
@@ -400,45 +736,23 @@ class Trainer:
         for name, loss in self.unwrapped.losses.items():
             if loss.summary():
                 self.log(f"loss {name}: {loss.summary()}")
-        if self.teacher is not None:
-            teacher_accuracy = evaluate(self.teacher.module, self.test_loader, self.accelerator)
-            self.log(f"teacher top-1 {teacher_accuracy.top1:.2f}  top-5 {teacher_accuracy.top5:.2f}")
-            if self.metrics:
-                self.metrics.write({"epoch": 0, "teacher/top1": teacher_accuracy.top1, "teacher/top5": teacher_accuracy.top5}, 0)
-        self.run_init_stages()
-        started = time.perf_counter()
-        accuracy = Accuracy(top1=float("nan"), top5=float("nan"), count=0)
-        for epoch in range(self.state.epoch + 1, recipe.schedule.epochs + 1):
-            lr = self.optimizer.param_groups[0]["lr"]
-            record = self.train_epoch(epoch)
-            self.scheduler.step()
-            accuracy = evaluate(self.unwrapped.student, self.test_loader, self.accelerator)
-            self.state.epoch = epoch
-            improved = accuracy.top1 > self.state.best_top1
-            if improved:
-                self.state.best_top1, self.state.best_epoch = accuracy.top1, epoch
-            row = {"epoch": epoch, "step": self.state.step, "lr": lr, **record,
-                   "test/top1": accuracy.top1, "test/top5": accuracy.top5}
-            self._end_epoch(row, accuracy, improved)
-        seconds = time.perf_counter() - started
-        result = TrainResult(
-            run_dir=self.run_dir,
-            final_top1=accuracy.top1,
-            final_top5=accuracy.top5,
-            best_top1=self.state.best_top1,
-            best_epoch=self.state.best_epoch,
-            epochs=self.state.epoch,
-            seconds=seconds,
-        )
-        self._finish(result)
-        return result
 
-    def run_init_stages(self) -> None:
-        """Train what each loss declares in its init stage, before the main epochs."""
+    def run_init_stages(self, train: bool = True) -> None:
+        """Train what each loss declares in its init stage, before the main epochs.
+
+        A resumed run passed the init stages before its checkpoint (which holds what
+        they trained): ``train=False`` only freezes what they froze.
+        """
         for name, loss in self.unwrapped.losses.items():
             stage = loss.init_stage()
-            if stage is not None:
+            if stage is None:
+                continue
+            if train:
                 self.run_init_stage(name, stage)
+            if stage.freeze_after:
+                for module in stage.modules:
+                    module.eval()
+                    module.requires_grad_(False)
 
     def run_init_stage(self, name: str, stage: InitStage) -> None:
         """The reference's init stage: a fresh SGD at a constant lr, everything else in eval mode.
@@ -479,25 +793,28 @@ class Trainer:
                 total += value.detach().double() * labels.shape[0]
                 seen += labels.shape[0]
                 progress.update(1)
+                if self._signals is not None and self._signals.requested:
+                    progress.close()
+                    raise TrainingStopped(
+                        f"stopped by {self._signals.requested} during the init stage of {name}, which is not "
+                        f"checkpointed; the same command starts the run over"
+                    )
             progress.close()
             mean = (accelerator.reduce(total, reduction="sum") / (seen * accelerator.num_processes)).item()
-            self._check_finite([f"init/{name}"], [mean], epoch, len(self.train_loader))
+            if not math.isfinite(mean):
+                raise NonFiniteError(
+                    f"the init stage of {name} diverged: its loss became {mean} in init epoch {epoch}; nothing was "
+                    f"saved. Lower init.lr (now {lr:g}) or check the loss's inputs, then run the same command again."
+                )
             self.log(f"init {name} epoch {epoch}/{epochs} | loss {mean:.4f}")
             if self.metrics:
                 self.metrics.write({"stage": "init", "init/epoch": epoch, f"init/loss/{name}": mean}, epoch)
-        if stage.freeze_after:
-            for module in stage.modules:
-                module.eval()
-                module.requires_grad_(False)
 
     def _end_epoch(self, row: dict, accuracy: Accuracy, improved: bool) -> None:
         self.accelerator.wait_for_everyone()
-        if self.is_main:
+        if self.metrics:
             self.metrics.write(row, self.state.step)
-            payload = self.checkpoint_payload(accuracy)
-            atomic_save(payload, self.run_dir / LAST_CHECKPOINT)
-            if improved:
-                atomic_save(payload, self.run_dir / BEST_CHECKPOINT)
+        self.save_checkpoint(best=improved)
         terms = " ".join(
             f"{key.removeprefix('train/loss/')} {value:.4f}" for key, value in row.items() if key.startswith("train/loss/")
         )
@@ -514,16 +831,22 @@ class Trainer:
             summary["final_top1_note"] = "last-epoch test top-1: the number the CRD paper reports"
             summary["best_top1_note"] = "best epoch, selected on the test set: for information, do not report"
             (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
-            self.metrics.close()
         self.log(
             f"done in {result.seconds / 60:.1f} min | final (last-epoch) top-1 {result.final_top1:.2f} "
             f"[the number the CRD paper reports] | best top-1 {result.best_top1:.2f} at epoch "
             f"{result.best_epoch} [selected on the test set] | {result.run_dir}"
         )
+
+    def _close(self) -> None:
+        """Close the metrics sinks and the log (whatever way the run ended)."""
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self._log_file is not None:
             self._log_file.close()
+            self._log_file = None
 
 
 def train(recipe: Recipe, run_dir: str | Path | None = None, **kwargs) -> TrainResult:
-    """Build a :class:`Trainer` for ``recipe`` and run it to the end."""
+    """Build a :class:`Trainer` for ``recipe`` and run it to the end (resuming ``run_dir`` if it holds a run)."""
     return Trainer(recipe, run_dir, **kwargs).fit()

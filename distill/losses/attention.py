@@ -75,7 +75,8 @@ class AttentionTransferLoss(DistillLoss):
             teacher = context.teacher_arch or "the teacher"
             raise ValueError(
                 f"at pairs the intermediate feature maps (all maps but the first) in order, so both networks need "
-                f"the same number of them: {student} has {len(student_maps)}, {teacher} has {len(teacher_maps)}"
+                f"the same number of them: {student} has {len(student_maps)}, {teacher} has {len(teacher_maps)}; "
+                f"pair networks with as many maps, use another loss for this pair, or remove the at term"
             )
         for index, (s, t) in enumerate(zip(student_maps, teacher_maps), start=1):
             if len(s) != 3 or len(t) != 3:

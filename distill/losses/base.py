@@ -12,7 +12,7 @@ State that is not trained (memory banks) lives in buffers and is checkpointed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 from torch import Tensor, nn
 
@@ -109,6 +109,20 @@ class DistillLoss(nn.Module):
         tens of MB). Default: none.
         """
         return []
+
+    def process_state(self) -> dict[str, Any]:
+        """State of this process that ``state_dict`` does not hold, for exact resume. Default: none.
+
+        ``state_dict`` is saved once, from the main process, so it must be the same
+        on every process (parameters, banks). What differs between processes, such
+        as a private random generator, goes here: the trainer saves it for each
+        process and hands each its own back through :meth:`load_process_state`.
+        Values must be tensors or plain Python data.
+        """
+        return {}
+
+    def load_process_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`process_state` returned (on the same process index)."""
 
     def start_epoch(self, epoch: int, total_epochs: int) -> None:
         """Called by the trainer before each main-stage epoch (counted from 1): for schedules such as warm-up."""

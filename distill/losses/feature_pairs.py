@@ -28,7 +28,8 @@ def paired_map_shapes(context: LossContext, method: str) -> list[tuple[tuple[int
         raise ValueError(
             f"{method} pairs the intermediate maps (maps[1:]) in order, but the student "
             f"({context.student_arch or 'student'}) has {len(student)} and the teacher "
-            f"({context.teacher_arch or 'teacher'}) has {len(teacher)}"
+            f"({context.teacher_arch or 'teacher'}) has {len(teacher)}; pair networks with as many maps, "
+            f"use another loss for this pair, or remove the {method} term"
         )
     if not student:
         raise ValueError(f"{method} needs at least one intermediate map (maps[1:] is empty)")

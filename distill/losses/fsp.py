@@ -81,7 +81,8 @@ class FSPLoss(DistillLoss):
                 f"FSP is not applicable to {pair}: the student's and the teacher's FSP matrices "
                 f"(C_i × C_(i+1) for consecutive feature maps) must have equal shapes, so both networks need the "
                 f"same number of feature maps with the same channel counts; student channels {student_channels}, "
-                f"teacher channels {teacher_channels}"
+                f"teacher channels {teacher_channels}. Pair networks of one family and width (e.g. resnet20 ← "
+                f"resnet110), use another loss for this pair, or remove the fsp term"
             )
 
     def stage_loss(self, student: FeatureRecord, teacher: FeatureRecord | None, batch: Batch) -> Tensor:

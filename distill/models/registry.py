@@ -65,5 +65,5 @@ def create_model(
     if checkpoint is not None:
         from distill.models.checkpoint import load_weights
 
-        load_weights(model, checkpoint)
+        load_weights(model, checkpoint, arch=name)
     return model

@@ -90,7 +90,10 @@ def compose_file(path: str | Path, _stack: tuple[Path, ...] = ()) -> ComposedRec
     resolved = path.resolve()
     if resolved in _stack:
         chain = " -> ".join(str(p) for p in (*_stack, resolved))
-        raise RecipeError(f"{path}: _base_ inclusion cycle: {chain}")
+        raise RecipeError(
+            f"{path}: _base_ inclusion cycle: {chain}. A recipe cannot include itself, directly or "
+            f"through its bases; remove one of these {BASE_KEY} entries to break the cycle"
+        )
     raw = read_yaml_file(path)
     if raw is None:
         raw = {}
@@ -107,7 +110,11 @@ def compose_file(path: str | Path, _stack: tuple[Path, ...] = ()) -> ComposedRec
     for base in bases:
         base_path = Path(os.path.normpath(path.parent / base))
         if not base_path.is_file():
-            raise RecipeError(f"{path}: {BASE_KEY} entry {base!r} not found (looked for {base_path})")
+            raise RecipeError(
+                f"{path}: {BASE_KEY} entry {base!r} not found (looked for {base_path}). {BASE_KEY} paths "
+                f"are relative to the directory of the file that names them ({path.parent}); "
+                f"correct the entry or create the file"
+            )
         included = compose_file(base_path, (*_stack, resolved))
         deep_merge(merged, included.data, "", sources)
         sources.update(included.sources)

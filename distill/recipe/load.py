@@ -72,7 +72,7 @@ def _parse_losses(composed: ComposedRecipe) -> dict[str, LossSpec]:
                     raise ValidationIssue(
                         (*path, key),
                         f"unknown parameter of loss {loss_type!r}.{did_you_mean(key, valid)} "
-                        f"Valid keys: {', '.join(valid)}",
+                        f"Rename it to one of the valid keys or remove it: {', '.join(valid)}",
                     )
                 params[key] = check_value(value, accepted[key].annotation, (*path, key))
             for key, parameter in accepted.items():
@@ -135,8 +135,14 @@ def _cross_check(recipe: Recipe, composed: ComposedRecipe) -> None:
     for path, value in positive.items():
         if value <= 0:
             raise _fail(composed, path, f"must be positive, got {value}")
-    if recipe.data.num_workers < 0:
-        raise _fail(composed, ("data", "num_workers"), f"must be 0 or more, got {recipe.data.num_workers}")
+    non_negative = {
+        ("data", "num_workers"): recipe.data.num_workers,
+        ("checkpoint_every_steps",): recipe.checkpoint_every_steps,
+        ("skip_nonfinite",): recipe.skip_nonfinite,
+    }
+    for path, value in non_negative.items():
+        if value < 0:
+            raise _fail(composed, path, f"must be 0 or more, got {value}")
     if recipe.optimizer.lr <= 0:
         raise _fail(composed, ("optimizer", "lr"), f"must be positive, got {recipe.optimizer.lr}")
     if recipe.schedule.milestones != sorted(recipe.schedule.milestones):

@@ -103,6 +103,12 @@ class Recipe:
     memory banks stay float32); ``channels_last`` stores the networks' weights and
     inputs NHWC (faster convolutions on recent GPUs); ``compile`` applies
     ``torch.compile`` with ``compile_backend`` to the student and the teacher.
+
+    Reliability: a checkpoint is written at the end of every epoch and, with
+    ``checkpoint_every_steps: N`` (0: off), every N optimisation steps as well, so a
+    killed run resumes exactly where that checkpoint was taken. A non-finite loss or
+    gradient stops the run, unless ``skip_nonfinite: N`` lets up to N such steps be
+    skipped (not applied) instead.
     """
 
     student: ModelSpec
@@ -121,5 +127,7 @@ class Recipe:
     compile: bool = False
     compile_backend: str = "inductor"
     log_every: int = 50
+    checkpoint_every_steps: int = 0
+    skip_nonfinite: int = 0
     output_dir: str = "runs"
     plugins: list[str] = field(default_factory=list)

@@ -117,7 +117,8 @@ def build_dataclass(cls: type, data: Any, path: KeyPath) -> Any:
         if key not in fields:
             raise ValidationIssue(
                 (*path, str(key)),
-                f"unknown key.{did_you_mean(str(key), list(fields))} Valid keys here: {', '.join(fields)}",
+                f"unknown key.{did_you_mean(str(key), list(fields))} Rename it to one of the valid keys "
+                f"here or remove it: {', '.join(fields)}",
             )
     values = {}
     for name, field in fields.items():

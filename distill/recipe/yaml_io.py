@@ -33,16 +33,36 @@ RecipeLoader.add_implicit_resolver(
 )
 
 
+YAML_FIX_HINT = (
+    "Fix the YAML syntax there: an unclosed bracket, brace or quote, a missing space after ':', "
+    "a tab in the indentation or a wrongly indented line are the usual causes."
+)
+
+
+def _yaml_context(error: yaml.MarkedYAMLError) -> str:
+    """`` (while parsing a flow mapping started at line 1, column 10)``, where PyYAML knows it; else empty.
+
+    The context points at the construct that was left open, which is often the line to
+    fix rather than the one where the parser gave up.
+    """
+    if not error.context:
+        return ""
+    mark = error.context_mark
+    started = f" started at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f" ({error.context}{started})"
+
+
 def parse_yaml(text: str, source: str) -> Any:
-    """Parse YAML text; a syntax error names the source, line and column."""
+    """Parse YAML text; a syntax error names the source, line and column, and says what to fix."""
     try:
         return yaml.load(text, Loader=RecipeLoader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        raise RecipeError(f"{where}: invalid YAML: {error.problem or error}") from None
+        problem = error.problem or str(error)
+        raise RecipeError(f"{where}: invalid YAML: {problem}{_yaml_context(error)}. {YAML_FIX_HINT}") from None
     except yaml.YAMLError as error:
-        raise RecipeError(f"{source}: invalid YAML: {error}") from None
+        raise RecipeError(f"{source}: invalid YAML: {error}. {YAML_FIX_HINT}") from None
 
 
 def read_yaml_file(path: Path) -> Any:

@@ -136,6 +136,7 @@ class ContrastiveDistillLoss(DistillLoss):
         self._log_z_known = False  # a host-side flag: reading log_z every step would sync with the device
         self._fewest_eligible = fewest_eligible(self.dataset_labels if mode != "uniform" else None, mode, context.dataset_size)
         self._generator: torch.Generator | None = None
+        self._pending_generator_state: Tensor | None = None  # from a checkpoint, until the generator exists
         self._generator_seed = torch.initial_seed() + 7919 * distributed.rank()  # independent per process
         self._warn_about_alpha(context.batch_size)
 
@@ -162,10 +163,27 @@ class ContrastiveDistillLoss(DistillLoss):
         return [name for name, _ in self.named_buffers() if not name.endswith("dataset_labels")]
 
     def generator(self, device: torch.device) -> torch.Generator:
+        """This process's generator of negatives, on ``device``: seeded once, then a stream."""
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device)
             self._generator.manual_seed(self._generator_seed)
+            if self._pending_generator_state is not None:
+                self._generator.set_state(self._pending_generator_state)
+                self._pending_generator_state = None
         return self._generator
+
+    def process_state(self) -> dict[str, Tensor]:
+        """The negatives generator's position (it differs per process); none before the first draw."""
+        if self._generator is not None:
+            return {"generator": self._generator.get_state()}
+        if self._pending_generator_state is not None:
+            return {"generator": self._pending_generator_state}
+        return {}
+
+    def load_process_state(self, state: dict[str, Tensor]) -> None:
+        """Continue the negatives stream where it was (applied when the generator is next made)."""
+        self._generator = None
+        self._pending_generator_state = state.get("generator")
 
     def candidates(self, batch: Batch, memory: MomentumMemoryBank | EmbeddingQueue) -> Tensor:
         """[B, K+1] memory rows to score: the positive first, then K negatives."""

@@ -28,6 +28,11 @@ def last_occurrence(indices: Tensor) -> Tensor:
     return last[last >= 0]
 
 
+def finite_rows(embeddings: Tensor) -> Tensor:
+    """``[B, 1]`` bool: which rows hold only finite values."""
+    return torch.isfinite(embeddings).all(dim=1, keepdim=True)
+
+
 class MomentumMemoryBank(nn.Module):
     """One N×d bank with a row per training sample (CRD, reference ``ContrastMemory``).
 
@@ -56,11 +61,16 @@ class MomentumMemoryBank(nn.Module):
         (the bank-product scoring multiplies with all of it), so the update makes
         a new tensor rather than editing the old one: one N×d copy per step,
         instead of the reference's B×(K+1)×d gather.
+
+        A row whose embedding is not finite (a step that went bad) keeps its old
+        value, so one bad step cannot poison the bank for the rest of the run.
         """
         keep = last_occurrence(indices)
         indices, embeddings = indices[keep], embeddings[keep].to(self.memory.dtype)
-        blended = self.memory.index_select(0, indices).mul_(self.momentum).add_(embeddings, alpha=1 - self.momentum)
-        self.memory = self.memory.index_copy(0, indices, F.normalize(blended, dim=1))
+        current = self.memory.index_select(0, indices)
+        blended = current.mul(self.momentum).add_(embeddings, alpha=1 - self.momentum)
+        rows = torch.where(finite_rows(embeddings), F.normalize(blended, dim=1), current)
+        self.memory = self.memory.index_copy(0, indices, rows)
 
 
 class EmbeddingQueue(nn.Module):
@@ -84,10 +94,16 @@ class EmbeddingQueue(nn.Module):
 
     @torch.no_grad()
     def update(self, embeddings: Tensor, labels: Tensor) -> None:
-        """Overwrite the oldest slots (out of place, like the memory bank, for the same reason)."""
+        """Overwrite the oldest slots (out of place, like the memory bank, for the same reason).
+
+        A slot whose new embedding is not finite keeps its old embedding and label.
+        """
         count = min(embeddings.shape[0], self.size)
-        embeddings, labels = embeddings[-count:], labels[-count:]
+        embeddings, labels = embeddings[-count:].to(self.memory.dtype), labels[-count:]
         slots = (self.pointer + torch.arange(count, device=self.memory.device)) % self.size
-        self.memory = self.memory.index_copy(0, slots, embeddings.to(self.memory.dtype))
+        finite = finite_rows(embeddings)
+        embeddings = torch.where(finite, embeddings, self.memory.index_select(0, slots))
+        labels = torch.where(finite.squeeze(1), labels, self.labels.index_select(0, slots))
+        self.memory = self.memory.index_copy(0, slots, embeddings)
         self.labels.index_copy_(0, slots, labels)
         self.pointer.copy_((self.pointer + count) % self.size)

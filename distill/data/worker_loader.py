@@ -1,0 +1,82 @@
+"""The DataLoader path for training: per-image transforms in worker processes, resumable.
+
+For datasets the device loader cannot hold (image folders, generated data), a
+``DataLoader`` runs each item's transforms in worker processes. Wrapped here so
+that it behaves like :class:`~distill.data.device_loader.DeviceLoader` towards the
+trainer: it shards itself across processes, yields batches already on the
+training device, and its data is a pure function of ``(seed, epoch, position)``
+(see :mod:`distill.data.epoch_order`), so a run can stop anywhere and resume
+bit-identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from distill.data.epoch_order import EpochBatchSampler, EpochSeededItems
+
+
+class WorkerLoader:
+    """Training batches ``(inputs, labels, indices)`` from a ``DataLoader`` with worker processes.
+
+    The batch sampler is an :class:`EpochBatchSampler` (this process's shard of the
+    epoch's permutation) and the dataset an :class:`EpochSeededItems` (transforms
+    seeded per item), so neither the number of workers nor a resume changes what is
+    seen. Workers persist across epochs; batches are copied to ``device`` without
+    blocking (from pinned memory when ``pin_memory``).
+    """
+
+    #: Each process iterates its own shard (the trainer does not hand it to Accelerate).
+    shards_itself = True
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        num_workers: int,
+        device: torch.device | str = "cpu",
+        process_index: int = 0,
+        num_processes: int = 1,
+        seed: int = 0,
+        channels_last: bool = False,
+        pin_memory: bool = False,
+    ) -> None:
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.sampler = EpochBatchSampler(
+            len(dataset), batch_size, seed=seed, process_index=process_index, num_processes=num_processes  # type: ignore[arg-type]
+        )
+        self.loader = DataLoader(
+            EpochSeededItems(dataset, seed),
+            batch_sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=num_workers > 0,
+        )
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order and augmentation the next iteration yields."""
+        self.sampler.set_epoch(epoch)
+
+    def skip(self, batches: int) -> None:
+        """Leave out the first ``batches`` batches of the next iteration (resuming mid-epoch)."""
+        self.sampler.skip(batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        for inputs, labels, indices in self.loader:
+            inputs = inputs.to(self.device, non_blocking=True, memory_format=memory_format)
+            yield inputs, labels.to(self.device, non_blocking=True), indices.to(self.device, non_blocking=True)
+
+    def __repr__(self) -> str:
+        return (
+            f"WorkerLoader({self.sampler.dataset_size} items, batch_size={self.sampler.batch_size}, "
+            f"{self.loader.num_workers} workers, process {self.sampler.process_index}/{self.sampler.num_processes})"
+        )
