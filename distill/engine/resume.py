@@ -110,6 +110,12 @@ def clear_for_restart(path: Path) -> None:
         shutil.rmtree(checkpoints)
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete checkpoint temporaries a killed process left half-written (``checkpoints/.last.pt.tmp-PID``)."""
+    for temporary in (path / CHECKPOINT_DIR).glob(".*.tmp-*"):
+        temporary.unlink(missing_ok=True)
+
+
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(data, dict):
         flat: dict[str, Any] = {}

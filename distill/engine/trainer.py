@@ -50,6 +50,7 @@ from distill.engine.resume import (
     check_same_teacher,
     clear_for_restart,
     plan_run_dir,
+    remove_stale_temporaries,
 )
 from distill.engine.rng import capture_rng_state, restore_rng_state
 from distill.engine.rundir import (
@@ -307,6 +308,7 @@ class Trainer:
 
         def prepare() -> str:
             if plan.resumes:
+                remove_stale_temporaries(plan.path)
                 return str(plan.path)
             if plan.restart:
                 clear_for_restart(plan.path)
