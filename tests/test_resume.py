@@ -178,3 +178,28 @@ def test_a_second_signal_exits_at_once(fake_cifar100, tiny_teacher, tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGINT, stderr
     assert "second signal" in stderr and "without a checkpoint" in stderr
+
+
+def torchrun_train(run_dir: Path, data_root: Path, teacher: Path, port: int, fault: str = "", resume: bool = False):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "-m", "distill", "train"]
+    if resume:
+        command += ["--resume", str(run_dir)]
+    else:
+        command += [str(CRD_RECIPE), *overrides(data_root, teacher, 0), "data.batch_size=32", "--run-dir", str(run_dir)]
+    env = {**os.environ, "DISTILL_FAULT": fault, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
+
+
+def test_two_processes_killed_and_resumed_end_bit_identical(fake_cifar100, tiny_teacher, tmp_path):
+    """Each process's random streams and running sums, gathered into one checkpoint, are handed back to it."""
+    uninterrupted = tmp_path / "uninterrupted"
+    result = torchrun_train(uninterrupted, fake_cifar100, tiny_teacher, 29541)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    run_dir = tmp_path / "killed"
+    killed = torchrun_train(run_dir, fake_cifar100, tiny_teacher, 29542, fault="kill_after_step=3")
+    assert killed.returncode != 0 and final_state(run_dir)["step"] == 2
+    assert len(final_state(run_dir)["processes"]) == 2
+    resumed = torchrun_train(run_dir, fake_cifar100, tiny_teacher, 29543, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(uninterrupted, run_dir)
