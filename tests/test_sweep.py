@@ -1,7 +1,7 @@
 """``distill sweep`` then ``distill report``: a 2 tasks × 2 methods × 2 seeds grid on a tiny fake CIFAR-100.
 
 Checks the grid, that every run is a normal run directory, that a re-run skips what
-finished and restarts what did not (including a sweep really killed mid-grid), and that
+finished and resumes what did not (including a sweep really killed mid-grid), and that
 the report's cells are the mean and standard deviation of the runs' last-epoch top-1.
 """
 
@@ -131,15 +131,15 @@ def test_report_cells_are_the_runs_last_epoch_statistics(swept, tmp_path, capsys
     assert "71.16" in markdown  # the published CRD number of resnet56 → resnet20 sits beside ours
 
 
-def test_rerun_skips_finished_runs_and_restarts_unfinished_ones(swept, tiny_cifar, random_teachers, monkeypatch, capsys):
+def test_rerun_skips_finished_runs_and_resumes_unfinished_ones(swept, tiny_cifar, random_teachers, monkeypatch, capsys):
     monkeypatch.setenv(MANIFEST_ENV, str(random_teachers))
     dirs = run_dirs(swept)
     unfinished = dirs[("crd", "resnet110-resnet20", 1)]
-    (unfinished / "summary.json").unlink()  # as if the run had been killed before its end
+    (unfinished / "summary.json").unlink()  # as if the run had been killed after its last checkpoint
     stamps = {key: (path / "summary.json").stat().st_mtime_ns for key, path in dirs.items() if path != unfinished}
     assert main(sweep_arguments(swept, tiny_cifar)) == 0
     out = capsys.readouterr().out
-    assert "8 runs, 7 already finished, 1 to run" in out and f"restarting unfinished run {unfinished}" in out
+    assert "8 runs, 7 already finished, 1 to run" in out and f"resuming unfinished run {unfinished} from its last checkpoint" in out
     assert (unfinished / "summary.json").is_file()
     assert stamps == {key: (dirs[key] / "summary.json").stat().st_mtime_ns for key in stamps}
 

@@ -5,13 +5,13 @@ A cell's recipe is ``<recipes>/<method>/<task>.yaml`` (the layout written by
 ``<output>/<method>/<task>/seed<seed>``. Those fixed names are what make a sweep
 safe to interrupt and re-run: a cell whose run directory holds ``summary.json``
 (written only when a run finishes) is skipped, a cell with an unfinished run is
-started again from scratch, and the rest run in grid order.
+resumed exactly from its last checkpoint (see :mod:`distill.engine.resume`), and
+the rest run in grid order.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill.benchmark.tasks import TASKS, get_task
-from distill.engine.rundir import RUN_ENTRIES, is_finished
+from distill.engine.rundir import LAST_CHECKPOINT, is_finished
 from distill.errors import DistillError
 from distill.registry import did_you_mean
 
@@ -121,17 +121,6 @@ def cell_status(cell: SweepCell) -> str:
     return PENDING
 
 
-def clear_unfinished(cell: SweepCell) -> None:
-    """Remove an unfinished run so the cell can start again; refuse folders that are not run directories."""
-    strangers = sorted(entry.name for entry in cell.run_dir.iterdir() if entry.name not in RUN_ENTRIES)
-    if strangers:
-        raise DistillError(
-            f"{cell.run_dir} is unfinished but holds files a run does not write ({', '.join(strangers[:5])}); "
-            f"move them away or remove the folder, then run the sweep again"
-        )
-    shutil.rmtree(cell.run_dir)
-
-
 def train_arguments(cell: SweepCell, overrides: Sequence[str], tensorboard: bool) -> list[str]:
     """The ``distill train`` arguments that run one cell."""
     return [
@@ -197,9 +186,9 @@ def run_sweep(
         if status == DONE:
             outcome.skipped.append(cell)
             continue
-        if status == UNFINISHED:
-            echo(f"restarting unfinished run {cell.run_dir} from scratch")
-            clear_unfinished(cell)
+        if status == UNFINISHED:  # the trainer resumes it exactly (or starts it over if it had no checkpoint yet)
+            how = "from its last checkpoint" if (cell.run_dir / LAST_CHECKPOINT).is_file() else "from the start"
+            echo(f"resuming unfinished run {cell.run_dir} {how}")
         todo.append(cell)
     echo(f"sweep: {len(cells)} runs, {len(outcome.skipped)} already finished, {len(todo)} to run")
     if jobs <= 1:

@@ -16,7 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "sweep",
         help="run tasks × methods × seeds, each a normal run directory; re-running skips finished runs",
         description="Run a grid of CIFAR-100 benchmark runs. Each run is OUTPUT/<method>/<task>/seed<N>; a run "
-        "with summary.json is finished and skipped, an unfinished one starts again. Example: "
+        "with summary.json is finished and skipped, an unfinished one resumes from its last checkpoint. Example: "
         "distill sweep --tasks all --methods kd,crd,ml_cpc --seeds 0,1,2 -o data.root=/data",
     )
     parser.add_argument("--tasks", default="all", help="'all' or comma-separated task names, e.g. resnet32x4-resnet8x4")
