@@ -117,11 +117,12 @@ def remove_stale_temporaries(path: Path) -> None:
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves by dotted key; an empty mapping has no leaves (``options: {}`` equals an unset ``options``)."""
     if isinstance(data, dict):
         flat: dict[str, Any] = {}
         for key, value in data.items():
             flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat or {prefix.rstrip("."): {}}
+        return flat
     return {prefix.rstrip("."): data}
 
 
