@@ -94,12 +94,12 @@ def save_teacher(path: Path, arch: str = "resnet8", seed: int = 0) -> Path:
     return path
 
 
-def make_run(folder: Path, mtime: float, seed: int = 0, finished: bool = True) -> Path:
+def make_run(folder: Path, mtime: float, seed: int = 0, finished: bool = True, epochs: int | None = None) -> Path:
     """A run folder as the trainer leaves it: checkpoints/last.pt, and summary.json once finished."""
     save_teacher(folder / "checkpoints" / "last.pt", seed=seed)
     if finished:
         summary = folder / "summary.json"
-        summary.write_text("{}", encoding="utf-8")
+        summary.write_text(json.dumps({} if epochs is None else {"epochs": epochs}), encoding="utf-8")
         os.utime(summary, (mtime, mtime))
     return folder
 
@@ -218,6 +218,23 @@ def test_the_newest_finished_run_is_used_without_a_published_file(manifest_path)
     make_run(runs / "older-name-but-newer-time", mtime=2_000)
     make_run(runs / "unfinished", mtime=0, finished=False)
     assert manifest.locate("small") == newest / "checkpoints" / "last.pt"
+
+
+def test_a_trial_run_shorter_than_the_teacher_recipe_is_not_a_teacher(manifest_path):
+    recipe = manifest_path.parent.parent / "recipes" / "small.yaml"
+    recipe.parent.mkdir(parents=True, exist_ok=True)
+    recipe.write_text("student: {arch: resnet8}\nlosses: {ce: {weight: 1.0}}\nschedule: {epochs: 3, milestones: [2]}\n")
+    manifest = load_manifest(manifest_path)
+    runs = manifest.trained_runs_dir("small")
+    trial = make_run(runs / "trial", mtime=2_000, epochs=1)
+    assert manifest.recipe_epochs("small") == 3 and manifest.locate("small") is None
+    with pytest.raises(DistillError) as error:
+        manifest.require_checkpoint("small")
+    message = str(error.value)
+    assert "of the recipe's 3 epochs (1 shorter run(s) left out" in message and "a trial run is not a teacher" in message
+    assert f"teacher.checkpoint={trial / 'checkpoints' / 'last.pt'}" in message
+    full = make_run(runs / "full", mtime=1_000, epochs=3)
+    assert manifest.locate("small") == full / "checkpoints" / "last.pt"  # older, but the only full-length run
 
 
 def test_a_missing_checkpoint_says_where_it_looked_and_how_to_get_one(manifest_path):

@@ -126,9 +126,25 @@ class TeacherManifest:
         recipe = self.get(name).recipe
         return self.root.parent / recipe if recipe else None
 
+    def recipe_epochs(self, name: str) -> int | None:
+        """The number of epochs ``name``'s recipe trains for (None when the recipe is absent or unreadable)."""
+        path = self.recipe_path(name)
+        if path is None or not path.is_file():
+            return None
+        from distill.recipe import load_recipe
+
+        try:
+            return load_recipe(path).schedule.epochs
+        except DistillError:
+            return None
+
     def latest_trained_run(self, name: str) -> Path | None:
-        """The newest finished run (by its summary.json's mtime) under ``trained_runs``, or None."""
-        return newest_finished_run(self.trained_runs_dir(name))
+        """The newest finished run (by its summary.json's mtime) under ``trained_runs`` that trained the full schedule.
+
+        A run shorter than the teacher recipe's epochs (a trial with ``schedule.epochs=1``)
+        is not a teacher; with no readable recipe, any finished run counts.
+        """
+        return newest_finished_run(self.trained_runs_dir(name), epochs=self.recipe_epochs(name))
 
     def locate(self, name: str) -> Path | None:
         """The checkpoint to use for ``name``: the published file, else the newest trained run's last.pt."""
@@ -179,7 +195,8 @@ def missing_checkpoint_message(manifest: TeacherManifest, name: str) -> str:
     lines = [
         f"no checkpoint for teacher {name!r} (manifest {display_path(manifest.path)}). Looked for:",
         f"  1. the published checkpoint {published}: not there;",
-        f"  2. a finished run ({SUMMARY_FILE} and {LAST_CHECKPOINT.as_posix()}) under {runs}: none.",
+        f"  2. a finished run ({SUMMARY_FILE} and {LAST_CHECKPOINT.as_posix()}) under {runs}: none"
+        + _short_runs_note(manifest, name) + ".",
         "Get one by either:",
         f"  - downloading it: `distill teachers fetch {name}` (or download {manifest.get(name).file} "
         f"from one of the sources in the manifest and put it at {published});",
@@ -193,11 +210,39 @@ def missing_checkpoint_message(manifest: TeacherManifest, name: str) -> str:
     return "\n".join(lines)
 
 
-def newest_finished_run(folder: Path) -> Path | None:
-    """The run folder at or below ``folder`` holding summary.json and checkpoints/last.pt, newest summary first."""
+def finished_runs(folder: Path) -> list[Path]:
+    """The run folders at or below ``folder`` holding summary.json and checkpoints/last.pt."""
     if not folder.is_dir():
+        return []
+    return [summary.parent for summary in folder.rglob(SUMMARY_FILE) if (summary.parent / LAST_CHECKPOINT).is_file()]
+
+
+def trained_epochs(run: Path) -> int | None:
+    """The number of epochs a finished run trained, from its summary.json (None if unreadable)."""
+    try:
+        epochs = json.loads((run / SUMMARY_FILE).read_text(encoding="utf-8")).get("epochs")
+    except (OSError, ValueError, AttributeError):
         return None
-    runs = [summary.parent for summary in folder.rglob(SUMMARY_FILE) if (summary.parent / LAST_CHECKPOINT).is_file()]
+    return epochs if isinstance(epochs, int) else None
+
+
+def _short_runs_note(manifest: TeacherManifest, name: str) -> str:
+    """A note on finished runs left out for training fewer epochs than the recipe (trial runs)."""
+    epochs = manifest.recipe_epochs(name)
+    if epochs is None:
+        return ""
+    short = [run for run in finished_runs(manifest.trained_runs_dir(name)) if trained_epochs(run) != epochs]
+    if not short:
+        return ""
+    return (
+        f" of the recipe's {epochs} epochs ({len(short)} shorter run(s) left out, e.g. {display_path(short[0])}: "
+        f"a trial run is not a teacher; to use one anyway set teacher.checkpoint={display_path(short[0] / LAST_CHECKPOINT)})"
+    )
+
+
+def newest_finished_run(folder: Path, epochs: int | None = None) -> Path | None:
+    """The newest finished run at or below ``folder`` (by summary.json mtime); with ``epochs``, only runs that long."""
+    runs = [run for run in finished_runs(folder) if epochs is None or trained_epochs(run) == epochs]
     if not runs:
         return None
     return max(runs, key=lambda run: ((run / SUMMARY_FILE).stat().st_mtime_ns, str(run)))
