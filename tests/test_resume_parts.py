@@ -33,7 +33,7 @@ from distill.data.epoch_order import (
 )
 from distill.data.worker_loader import WorkerLoader
 from distill.engine.guard import GRADIENT_BAD, LOSS_BAD, STOP, StepGuard
-from distill.engine.metrics import MetricsWriter, read_metrics
+from distill.engine.metrics import MetricsFileError, MetricsWriter, read_metrics
 from distill.engine.resume import (
     RESULT_NEUTRAL_KEYS,
     ResumeError,
@@ -45,7 +45,7 @@ from distill.engine.resume import (
     remove_stale_temporaries,
 )
 from distill.engine.rng import capture_rng_state, restore_rng_state
-from distill.engine.rundir import RUN_ENTRIES
+from distill.engine.rundir import METRICS_FILE, RUN_ENTRIES
 from distill.losses.contrastive.memory_bank import EmbeddingQueue, MomentumMemoryBank
 
 
@@ -906,3 +906,15 @@ def test_metrics_writer_keep_rows_truncates_jsonl_and_tensorboard(tmp_path):
         assert reopened.rows == 4
     finally:
         reopened.close()
+
+
+def test_a_line_cut_short_after_the_kept_rows_is_dropped_unread(tmp_path: Path) -> None:
+    """A crash mid-write can leave half a JSON line after the last checkpoint: resuming drops it, unparsed."""
+    rows = [{"epoch": 0, "step": 0, "teacher/top1": 1.0}, {"epoch": 1, "step": 4, "test/top1": 2.0}]
+    (tmp_path / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": 2, "st', encoding="utf-8")
+    writer = MetricsWriter(tmp_path, tensorboard=False, keep_rows=2)
+    writer.write({"epoch": 2, "step": 8}, 8)
+    writer.close()
+    assert read_metrics(tmp_path) == [*rows, {"epoch": 2, "step": 8}]
+    with pytest.raises(MetricsFileError, match="holds 3 records, but the checkpoint being resumed saw 5"):
+        MetricsWriter(tmp_path, tensorboard=False, keep_rows=5)

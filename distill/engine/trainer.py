@@ -203,6 +203,7 @@ class Trainer:
         self._parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
         self._signals: StopSignals | None = None
         self._stop_agreed = False
+        self._where = ""  # the epoch and batch of the step in progress, for messages
         self.last_step_applied = True
         self._epoch_sums: tuple[torch.Tensor, torch.Tensor] | None = None
         self._resumed_rng: dict | None = None
@@ -607,7 +608,8 @@ class Trainer:
             self._check_first_terms(terms)
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(total)
-        step, where = self.state.step + 1, getattr(self, "_where", f"step {self.state.step + 1}")
+        step = self.state.step + 1
+        where = self._where or f"step {step}"
         stop_requested = self._signals is not None and self._signals.requested is not None
         flags = self.guard.flags(total, self._parameters, stop_requested)
         self.state.step = step
