@@ -100,3 +100,18 @@ def test_crd_kd_and_the_projected_schedule(benchmark_tool, tmp_path, capsys):
         expected = 240 * 200 / result["images_per_s"] / 3600
         assert result["projected_240_epochs_h"] == pytest.approx(expected)
     assert "240 epochs" in capsys.readouterr().out
+
+
+def test_the_step_guard_benchmark_reports_both_times():
+    import re
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench_step_guard.py"), "--steps", "1",
+         "-o", "losses.crd.num_negatives=64", "-o", "student.arch=resnet8", "-o", "teacher.arch=resnet14"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    step = re.search(r"median training step ([\d.]+) ms over 1 steps", result.stdout)
+    flags = re.search(r"median StepGuard.flags ([\d.]+) ms = ([\d.]+)% of a step", result.stdout)
+    assert step and flags and float(step.group(1)) > 0 and float(flags.group(1)) > 0

@@ -1,0 +1,84 @@
+"""What the per-step health check costs: ``StepGuard.flags`` against a whole training step.
+
+Every step computes ``[loss bad, gradient bad, stop]`` on the device (the gradient
+test is one total norm over every trainable tensor) and reads it one step later.
+This times a real CRD step (resnet32x4 → resnet8x4 by default, random weights, a
+fake CIFAR-100 written to a temporary folder) and the flags alone, and prints both.
+
+    python tools/bench_step_guard.py [--steps 24] [-o key=value ...]   # on the GPU when there is one
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from distill.data import write_fake_cifar  # noqa: E402
+from distill.engine.trainer import Trainer  # noqa: E402
+from distill.models import create_model  # noqa: E402
+from distill.recipe import load_recipe  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "recipes/cifar100/crd/resnet32x4-resnet8x4.yaml"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=24, help="timed training steps (after 2 warm-up steps)")
+    parser.add_argument("-o", dest="overrides", action="append", default=[], help="recipe override key=value")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        write_fake_cifar(root / "cifar", num_classes=100, train_size=64 * (args.steps + 2), test_size=100, seed=0)
+        overrides = [
+            f"data.root={root / 'cifar'}", "data.verify=false", "data.num_workers=0",
+            "teacher.name=null", "teacher.arch=resnet32x4", f"teacher.checkpoint={root / 'teacher.pth'}", *args.overrides,
+        ]
+        recipe = load_recipe(RECIPE, overrides)
+        torch.manual_seed(0)
+        torch.save({"model": create_model(recipe.teacher.arch).state_dict()}, root / "teacher.pth")
+        trainer = Trainer(recipe, root / "run", tensorboard=False, echo=lambda line: None)
+        device = trainer.accelerator.device
+        trainer.train_loader.set_epoch(1)
+        batches = list(trainer.train_loader)
+        step_times = []
+        for index, batch in enumerate(batches):
+            synchronize(device)
+            started = time.perf_counter()
+            trainer.train_step(*batch)
+            synchronize(device)
+            if index >= 2:
+                step_times.append(time.perf_counter() - started)
+        total = torch.ones((), device=device)
+        flag_times = []
+        for _ in range(200):
+            synchronize(device)
+            started = time.perf_counter()
+            trainer.guard.flags(total, trainer._parameters, False)
+            synchronize(device)
+            flag_times.append(time.perf_counter() - started)
+    step, flags = statistics.median(step_times), statistics.median(flag_times)
+    parameters = sum(p.numel() for p in trainer._parameters)
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'})")
+    print(f"median training step {step * 1e3:.2f} ms over {len(step_times)} steps (batch {trainer.recipe.data.batch_size})")
+    print(
+        f"median StepGuard.flags {flags * 1e3:.3f} ms = {100 * flags / step:.2f}% of a step "
+        f"({len(trainer._parameters)} tensors, {parameters:,} parameters)"
+    )
+
+
+if __name__ == "__main__":
+    main()
