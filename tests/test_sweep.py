@@ -176,3 +176,21 @@ def test_a_failing_run_is_reported_and_the_sweep_goes_on(tiny_cifar, tmp_path, m
     assert code == 1
     assert "1 ran, 0 skipped (already finished), 1 failed" in out
     assert "failed: kd resnet56-resnet20 seed 0" in out and str(missing) in out
+
+
+def test_a_stop_signal_ends_the_sweep_instead_of_moving_on(tiny_cifar, tmp_path, monkeypatch, capsys):
+    """SIGTERM stops the cell being trained (it checkpointed); the sweep must stop too, not start the next cell."""
+    from distill.benchmark import sweep as sweep_module
+    from distill.engine.signals import EXIT_STOPPED, TrainingStopped
+
+    started = []
+
+    def stopped_cell(cell, overrides, tensorboard):
+        started.append(cell.label)
+        raise TrainingStopped(f"stopped by SIGTERM in epoch 1 after batch 2; continue with: distill train --resume {cell.run_dir}")
+
+    monkeypatch.setattr(sweep_module, "run_in_process", stopped_cell)
+    code = main(["sweep", "--tasks", "resnet56-resnet20", "--methods", "vanilla", "--seeds", "0,1",
+                 "--output", str(tmp_path / "s"), "--no-tensorboard", *overrides(tiny_cifar)])
+    assert code == EXIT_STOPPED and len(started) == 1
+    assert "stopped by SIGTERM" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from distill.benchmark.tasks import TASKS, get_task
 from distill.engine.rundir import LAST_CHECKPOINT, is_finished
+from distill.engine.signals import TrainingStopped
 from distill.errors import DistillError
 from distill.registry import did_you_mean
 
@@ -176,7 +177,8 @@ def run_sweep(
 
     With processes, ``devices`` (e.g. ``["0", "1"]``) are handed out round-robin through
     ``CUDA_VISIBLE_DEVICES``. A failed cell is reported and the sweep goes on, unless
-    ``fail_fast``. Interrupting leaves finished cells finished; the next sweep skips them.
+    ``fail_fast``. SIGTERM/SIGINT stop the sweep after the running cell checkpointed; the next
+    sweep skips finished cells and resumes that one.
     """
     cells = list(cells)
     outcome = SweepOutcome([], [], [])
@@ -196,6 +198,8 @@ def run_sweep(
             echo(f"[{number}/{len(todo)}] {cell.label} → {cell.run_dir}")
             try:
                 run_in_process(cell, overrides, tensorboard)
+            except TrainingStopped:  # SIGTERM/SIGINT stop the whole sweep; the cell checkpointed and resumes next time
+                raise
             except Exception as error:  # one broken cell must not end the sweep; the message says why
                 message = str(error) if isinstance(error, DistillError) else f"{type(error).__name__}: {error}"
                 _record_failure(outcome, cell, message, echo)
