@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import check_md5, download_and_extract_archive
 
@@ -165,6 +166,10 @@ class _CifarOnDisk(IndexedTargetsMixin):
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (3, 32, 32)
+
+    def raw_image(self, index: int) -> torch.Tensor:
+        """Image ``index`` as stored, ``uint8 3×32×32``: what ``data.views`` augment (see ``distill.data.views``)."""
+        return torch.from_numpy(self.data[index]).permute(2, 0, 1).contiguous()
 
     def in_memory_images(self) -> InMemoryImages:
         """The split as the device loader takes it: what ``cifar_transform`` does to each item, batched."""

@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from distill.data.epoch_order import BATCH_AUGMENT_STREAM, IGNORED_LABEL, epoch_order, stream_seed
-from distill.data.transforms import CROP_PADDING
+from distill.data.transforms import CROP_PADDING, normalize_batch, per_channel
+from distill.data.views import TwoViews, ViewPair
 
-__all__ = ["IGNORED_LABEL", "DeviceLoader", "InMemoryImages", "SupportsDeviceLoader", "augment_batch"]
+__all__ = ["IGNORED_LABEL", "DeviceLoader", "InMemoryImages", "SupportsDeviceLoader", "augment_batch", "normalize_batch"]
 
 
 @dataclass(frozen=True)
@@ -80,24 +81,6 @@ def device_loader_unsupported(dataset: object) -> str | None:
     return None
 
 
-def _stats(values: Sequence[float] | torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-
-
-def normalize_batch(
-    images: torch.Tensor,
-    mean: Sequence[float] | torch.Tensor,
-    std: Sequence[float] | torch.Tensor,
-    *,
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """``uint8 B×C×H×W`` → ``float32``, ``/255`` then ``(x - mean) / std``: torchvision's ToTensor + Normalize."""
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    out = images.to(torch.float32)  # keeps the memory format
-    return out.div_(255).sub_(_stats(mean, out.device)).div_(_stats(std, out.device))
-
-
 def augment_batch(
     images: torch.Tensor,
     offsets_y: torch.Tensor,
@@ -137,7 +120,7 @@ def augment_batch(
         index = (rows.view(b, 1, h, 1) + channels.view(1, c, 1, 1)) + cols.view(b, 1, 1, w)
         out = torch.take(padded, index)
     out = out.to(torch.float32)  # preserves the memory format
-    return out.div_(255).sub_(_stats(mean, device)).div_(_stats(std, device))
+    return out.div_(255).sub_(per_channel(mean, device)).div_(per_channel(std, device))
 
 
 def draw_augmentation(
@@ -192,9 +175,12 @@ class DeviceLoader:
         num_processes: int = 1,
         seed: int = 0,
         channels_last: bool = False,
+        views: ViewPair | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if views is not None and not shuffle:
+            raise ValueError("views are for training batches; an evaluation loader takes none")
         if not 0 <= process_index < num_processes:
             raise ValueError(f"process_index {process_index} is not in 0..{num_processes - 1}")
         self.device = torch.device(device)
@@ -206,12 +192,12 @@ class DeviceLoader:
         self.labels = torch.as_tensor(source.labels, dtype=torch.long).to(self.device)
         if len(self.labels) != len(self.images):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
-        self.mean = _stats(source.mean, self.device)
-        self.std = _stats(source.std, self.device)
+        self.mean = per_channel(source.mean, self.device)
+        self.std = per_channel(source.std, self.device)
         self.augment, self.padding = source.augment, source.padding
         self.batch_size, self.shuffle = batch_size, shuffle
         self.process_index, self.num_processes = process_index, num_processes
-        self.seed, self.channels_last = seed, channels_last
+        self.seed, self.channels_last, self.views = seed, channels_last, views
         self.epoch = 0
         self._skip = 0
         self._augment_generator = torch.Generator(device=self.device)
@@ -252,7 +238,7 @@ class DeviceLoader:
             process_index=self.process_index, num_processes=self.num_processes,
         )
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor | TwoViews, torch.Tensor, torch.Tensor]]:
         order = self.order().to(self.device)
         valid = order >= 0
         gather = order.clamp(min=0)
@@ -278,7 +264,21 @@ class DeviceLoader:
                 )
             else:
                 inputs = normalize_batch(images, self.mean, self.std, channels_last=self.channels_last)
+            if self.views is not None:
+                inputs = self._two_views(inputs, images, order[start:stop])
             yield inputs, labels[start:stop], order[start:stop]
+
+    def _two_views(self, standard: torch.Tensor, images: torch.Tensor, indices: torch.Tensor) -> TwoViews:
+        """Each role's view of the batch: the standard inputs, or its own view drawn per image."""
+        assert self.views is not None
+        made = {}
+        for role in ("teacher", "student"):
+            if getattr(self.views, role) is None:
+                made[role] = standard
+            else:
+                drawn = self.views.draw_batch(role, images, self.epoch, indices.tolist())
+                made[role] = normalize_batch(drawn, self.mean, self.std, channels_last=self.channels_last)
+        return TwoViews(**made)
 
     def __repr__(self) -> str:
         return (

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from distill.data.transforms import normalize_batch
+
 #: Stream tags: the permutation, the device loader's per-batch draws, the per-item transforms.
 ORDER_STREAM, BATCH_AUGMENT_STREAM, ITEM_AUGMENT_STREAM = 0, 1, 2
 
@@ -121,10 +123,15 @@ class EpochSeededItems(Dataset):
     fork of their state, so the transforms' draws (torchvision's crops and flips
     use torch's generator) depend on nothing but the key, and the caller's
     generators are left as they were. The cost is a few microseconds per item.
+
+    With ``views`` (a :class:`~distill.data.views.ViewPair`), an item is
+    ``(teacher input, student input, label, index)``: a role with its own view gets
+    it drawn from the dataset's ``raw_image(index)`` and normalised with the
+    dataset's ``mean``/``std``; a role with the standard view gets the usual item.
     """
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset, self.seed = dataset, seed
+    def __init__(self, dataset: Dataset, seed: int, views: Any = None) -> None:
+        self.dataset, self.seed, self.views = dataset, seed, views
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -137,6 +144,19 @@ class EpochSeededItems(Dataset):
             torch.manual_seed(item_seed)
             random.seed(item_seed)
             try:
-                return self.dataset[index]
+                item = self.dataset[index]
             finally:
                 random.setstate(python_state)
+        if self.views is None:
+            return item
+        return (*self._two_views(item[0], epoch, index), *item[1:])
+
+    def _two_views(self, standard: torch.Tensor, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        made = []
+        for role in ("teacher", "student"):
+            if getattr(self.views, role) is None:
+                made.append(standard)
+            else:
+                drawn = self.views.draw(role, self.dataset.raw_image(index), epoch, index)  # type: ignore[attr-defined]
+                made.append(normalize_batch(drawn.unsqueeze(0), self.dataset.mean, self.dataset.std)[0])  # type: ignore[attr-defined]
+        return made[0], made[1]

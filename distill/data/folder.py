@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms.functional import pil_to_tensor
 
 from distill.data.indexed import IndexedTargetsMixin
 from distill.data.registry import register_dataset, require_root
-from distill.data.transforms import IMAGENET_MEAN, IMAGENET_STD, folder_transform
+from distill.data.transforms import IMAGENET_MEAN, IMAGENET_STD, fixed_size, folder_transform
 from distill.errors import DataError
 
 TRAIN_SPLIT = "train"
@@ -63,6 +65,7 @@ class FolderDataset(IndexedTargetsMixin, ImageFolder):
     ) -> None:
         directory = split_directory(root, train)
         self._image_size = image_size
+        self.mean, self.std = tuple(mean), tuple(std)
         classes = class_folders(directory)
         if not classes:
             raise DataError(
@@ -105,6 +108,15 @@ class FolderDataset(IndexedTargetsMixin, ImageFolder):
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (3, self._image_size, self._image_size)
+
+    def raw_image(self, index: int) -> torch.Tensor:
+        """Image ``index`` at the training size, ``uint8 3×S×S``, before any random augmentation.
+
+        The evaluation resize and centre crop, without normalisation: what ``data.views``
+        augment (see ``distill.data.views``).
+        """
+        image = self.loader(self.samples[index][0]).convert("RGB")
+        return pil_to_tensor(fixed_size(self._image_size)(image))
 
 
 def _check_stats(name: str, values: Sequence[float]) -> tuple[float, float, float]:

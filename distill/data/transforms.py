@@ -56,12 +56,39 @@ def folder_transform(
             T.RandomHorizontalFlip(),
         ]
     else:
-        resize = image_size if image_size <= 32 else round(image_size / 0.875)
-        steps = [T.Resize(resize), T.CenterCrop(image_size)]
+        steps = [fixed_size(image_size)]
     steps += [T.ToTensor(), T.Normalize(mean, std)]
     return T.Compose(steps)
+
+
+def fixed_size(image_size: int) -> Transform:
+    """PIL image of any size → ``image_size × image_size``: resize the short side, take the centre.
+
+    The resize keeps the usual 0.875 crop ratio above 32 pixels and is exact for tiny images.
+    """
+    resize = image_size if image_size <= 32 else round(image_size / 0.875)
+    return T.Compose([T.Resize(resize), T.CenterCrop(image_size)])
 
 
 def tensor_augment(size: int, padding: int = CROP_PADDING) -> Transform:
     """Random crop with zero padding and a horizontal flip, on an already-normalised tensor."""
     return T.Compose([T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip()])
+
+
+def per_channel(values: Sequence[float] | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Per-channel statistics shaped ``1×C×1×1`` for broadcasting over a batch."""
+    return torch.as_tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+
+def normalize_batch(
+    images: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+    *,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """``uint8 B×C×H×W`` → ``float32``, ``/255`` then ``(x - mean) / std``: torchvision's ToTensor + Normalize."""
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    out = images.to(torch.float32)  # keeps the memory format
+    return out.div_(255).sub_(per_channel(mean, out.device)).div_(per_channel(std, out.device))

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from distill.data.epoch_order import EpochBatchSampler, EpochSeededItems
+from distill.data.views import TwoViews, ViewPair
 
 
 class WorkerLoader:
@@ -44,14 +45,15 @@ class WorkerLoader:
         seed: int = 0,
         channels_last: bool = False,
         pin_memory: bool = False,
+        views: ViewPair | None = None,
     ) -> None:
         self.device = torch.device(device)
-        self.channels_last = channels_last
+        self.channels_last, self.views = channels_last, views
         self.sampler = EpochBatchSampler(
             len(dataset), batch_size, seed=seed, process_index=process_index, num_processes=num_processes  # type: ignore[arg-type]
         )
         self.loader = DataLoader(
-            EpochSeededItems(dataset, seed),
+            EpochSeededItems(dataset, seed, views),
             batch_sampler=self.sampler,
             num_workers=num_workers,
             pin_memory=pin_memory,
@@ -69,10 +71,14 @@ class WorkerLoader:
         """Leave out the first ``batches`` batches of the next iteration (resuming mid-epoch)."""
         self.sampler.skip(batches)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor | TwoViews, torch.Tensor, torch.Tensor]]:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        for inputs, labels, indices in self.loader:
-            inputs = inputs.to(self.device, non_blocking=True, memory_format=memory_format)
+
+        def to_device(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(self.device, non_blocking=True, memory_format=memory_format)
+
+        for *images, labels, indices in self.loader:
+            inputs = TwoViews(*map(to_device, images)) if self.views is not None else to_device(images[0])
             yield inputs, labels.to(self.device, non_blocking=True), indices.to(self.device, non_blocking=True)
 
     def __repr__(self) -> str:

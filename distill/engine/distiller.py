@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
+from distill.data.views import TwoViews, split_views
 from distill.engine.teacher import FrozenTeacher
 from distill.losses.base import Batch, DistillLoss
 from distill.models.features import FeatureRecord
@@ -83,15 +84,22 @@ class Distiller(nn.Module):
                 names += [f"losses.{name}.{key}" for key, p in loss.named_parameters() if id(p) in staged]
         return names
 
-    def forward(self, inputs: Tensor, labels: Tensor, indices: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        if self.channels_last and inputs.dim() == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        student = self.student(inputs, features=True)
-        teacher = self.teacher(inputs) if self.teacher is not None else None
-        batch = Batch(inputs=inputs, labels=labels, indices=indices)
+    def forward(
+        self, inputs: Tensor | TwoViews, labels: Tensor, indices: Tensor
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """``inputs``: one batch for both networks, or :class:`TwoViews` (the teacher's and the student's view)."""
+        student_inputs, teacher_inputs = (self._memory_format(x) for x in split_views(inputs))
+        student = self.student(student_inputs, features=True)
+        teacher = self.teacher(teacher_inputs) if self.teacher is not None else None
+        batch = Batch(inputs=student_inputs, labels=labels, indices=indices)
         terms = in_full_precision(self.losses, student, teacher, batch)
         total = sum(self.weights[name] * value for name, value in terms.items())
         return terms, total, student.logits
+
+    def _memory_format(self, inputs: Tensor) -> Tensor:
+        if self.channels_last and inputs.dim() == 4:
+            return inputs.contiguous(memory_format=torch.channels_last)
+        return inputs
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """The student's parameters followed by those every loss declares trainable."""

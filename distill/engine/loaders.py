@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from distill.data import build_dataset
 from distill.data.device_loader import DeviceLoader, SupportsDeviceLoader, device_loader_unsupported
+from distill.data.views import ViewPair
 from distill.data.worker_loader import WorkerLoader
 from distill.errors import DataError
 from distill.recipe.schema import DataSpec
@@ -88,11 +89,18 @@ def build_loaders(
     num_processes: int = 1,
     seed: int = 0,
     channels_last: bool = False,
+    views: ViewPair | None = None,
 ) -> DataBundle:
     """Shuffled training loader (last partial batch kept, as the reference) and ordered test loader.
 
     ``device``, ``process_index``, ``num_processes``, ``seed`` and ``channels_last``
     serve the training loader (and the device test loader), which shards itself.
+    ``views``: the training batches carry a teacher view and a student view
+    (:class:`~distill.data.views.TwoViews`); the test batches never do.
+
+    Raises:
+        DataError: ``views`` on the worker path for a dataset that cannot hand out
+            its stored images (no ``raw_image``).
     """
     if spec.batch_size > len(train_set):
         raise DataError(
@@ -105,7 +113,7 @@ def build_loaders(
             device=device, process_index=process_index, num_processes=num_processes, seed=seed,
             channels_last=channels_last,
         )
-        train_loader = DeviceLoader(train_set.in_memory_images(), spec.batch_size, shuffle=True, **common)
+        train_loader = DeviceLoader(train_set.in_memory_images(), spec.batch_size, shuffle=True, views=views, **common)
         test_loader = DeviceLoader(test_set.in_memory_images(), spec.test_batch_size, shuffle=False, **common)
         mib = (train_loader.images.nbytes + test_loader.images.nbytes) / 2**20
         description = (
@@ -113,10 +121,16 @@ def build_loaders(
             f"on {train_loader.device}, batches made on the device"
         )
         return DataBundle(train_set, test_set, train_loader, test_loader, on_device=True, description=description)
+    if views is not None and not hasattr(train_set, "raw_image"):
+        raise DataError(
+            f"data.views: dataset {spec.dataset!r} cannot hand out its stored images (no raw_image method), so "
+            f"its training images cannot be given two views; remove data.views or use a dataset that supports "
+            f"them (cifar100, cifar10, folder)"
+        )
     pin_memory = torch.cuda.is_available()
     train_loader = WorkerLoader(
         train_set, spec.batch_size, num_workers=spec.num_workers, device=device, process_index=process_index,
-        num_processes=num_processes, seed=seed, channels_last=channels_last, pin_memory=pin_memory,
+        num_processes=num_processes, seed=seed, channels_last=channels_last, pin_memory=pin_memory, views=views,
     )
     test_loader = DataLoader(
         test_set, batch_size=spec.test_batch_size, shuffle=False, num_workers=spec.num_workers,

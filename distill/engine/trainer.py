@@ -35,6 +35,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object
 
 import distill
+from distill.data.views import build_views, split_views
 from distill.engine.checkpoint import CHECKPOINT_FORMAT, atomic_save, load_run_checkpoint
 from distill.engine.distiller import Distiller, in_full_precision
 from distill.engine.evaluate import Accuracy, evaluate
@@ -372,6 +373,7 @@ class Trainer:
             num_processes=accelerator.num_processes,
             seed=recipe.seed,
             channels_last=recipe.channels_last,
+            views=build_views(recipe.data.views, train_set.input_shape[-1], recipe.seed),
         )
         self.distiller, self.optimizer = accelerator.prepare(distiller, optimizer)
         self.train_loader = data.train_loader  # shards itself and yields batches on the device
@@ -783,10 +785,11 @@ class Trainer:
             seen = 0
             progress = Progress(len(self.train_loader), f"init {name} {epoch}/{epochs}", enabled=self.is_main)
             for inputs, labels, indices in self.train_loader:
+                student_inputs, teacher_inputs = split_views(inputs)
                 with accelerator.autocast():
-                    student = distiller.student(inputs, features=True)
-                    teacher = distiller.teacher(inputs) if distiller.teacher is not None else None
-                batch = Batch(inputs=inputs, labels=labels, indices=indices)
+                    student = distiller.student(student_inputs, features=True)
+                    teacher = distiller.teacher(teacher_inputs) if distiller.teacher is not None else None
+                batch = Batch(inputs=student_inputs, labels=labels, indices=indices)
                 value = in_full_precision({name: stage.loss}, student, teacher, batch)[name]
                 optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(value)

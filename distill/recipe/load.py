@@ -109,6 +109,16 @@ def _cross_check(recipe: Recipe, composed: ComposedRecipe) -> None:
             f"unknown dataset {recipe.data.dataset!r}.{did_you_mean(recipe.data.dataset, list_datasets())} "
             f"Available: {', '.join(list_datasets())}",
         )
+    if recipe.data.views is not None:
+        from distill.data.views import build_views
+
+        try:
+            build_views(recipe.data.views, image_size=32, seed=0)  # names, options and their values
+        except RecipeError as error:
+            raise RecipeError(f"{composed.source_of(('data', 'views'))}: {error}") from None
+        if recipe.teacher is None:
+            raise _fail(composed, ("data", "views"), "views give the teacher and the student different inputs, "
+                        "but the recipe has no teacher; remove data.views or add a teacher")
     if recipe.teacher is None:
         for spec in recipe.losses.values():
             if LOSSES.get(spec.type).requires_teacher:

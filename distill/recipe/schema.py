@@ -39,6 +39,22 @@ class TeacherSpec:
 
 
 @dataclass
+class ViewSpec:
+    """One role's view: ``standard`` (the dataset's own augmentation) or a registered view with its options."""
+
+    name: str = "standard"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ViewsSpec:
+    """Different augmentations of the same image for the teacher and the student (see ``distill.data.views``)."""
+
+    teacher: ViewSpec = field(default_factory=ViewSpec)
+    student: ViewSpec = field(default_factory=ViewSpec)
+
+
+@dataclass
 class DataSpec:
     """Where the data comes from and how it is batched.
 
@@ -46,6 +62,9 @@ class DataSpec:
     uint8 and makes each batch there (crop, flip, normalise as batched tensor ops);
     ``workers`` is the classic DataLoader with worker processes; ``auto`` takes
     ``device`` for datasets that support it (CIFAR) and ``workers`` otherwise.
+
+    ``views``: the teacher and the student see different views of each training image
+    (default: both see the dataset's standard augmentation, one tensor).
     """
 
     dataset: str = "cifar100"
@@ -56,6 +75,7 @@ class DataSpec:
     test_batch_size: int = 64
     num_workers: int = 2
     loader: Literal["auto", "device", "workers"] = "auto"
+    views: ViewsSpec | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 

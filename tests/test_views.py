@@ -1,0 +1,139 @@
+"""Teacher and student views (``data.views``): where configured they differ, where not they coincide.
+
+Both data paths (the device loader for CIFAR, the worker loader for CIFAR and image
+folders) are checked against a hand-made draw of the same view of the same stored
+image, which also pins that the indices (the memory bank's keys) are the image's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from distill.cli.main import main
+from distill.data import build_dataset
+from distill.data.transforms import normalize_batch
+from distill.data.views import STANDARD, TwoViews, build_views, view_options
+from distill.engine.loaders import build_datasets, build_loaders
+from distill.engine.metrics import read_metrics
+from distill.errors import DataError, DistillError, RecipeError
+from distill.recipe import load_recipe
+from distill.recipe.schema import DataSpec, ViewSpec, ViewsSpec
+
+REPO = Path(__file__).resolve().parent.parent
+CRD_RECIPE = REPO / "recipes/cifar100/crd/resnet32x4-resnet8x4.yaml"
+STUDENT_INFOMIN = ViewsSpec(student=ViewSpec("infomin"))
+
+
+def cifar_spec(root: Path, loader: str, views: ViewsSpec | None = None) -> DataSpec:
+    return DataSpec(dataset="cifar100", root=str(root), verify=False, num_workers=0, batch_size=32, loader=loader, views=views)
+
+
+def first_batch(spec: DataSpec, epoch: int = 2, seed: int = 0):
+    train, test = build_datasets(spec)
+    views = build_views(spec.views, train.input_shape[-1], seed)
+    loader = build_loaders(spec, train, test, seed=seed, views=views).train_loader
+    loader.set_epoch(epoch)
+    return next(iter(loader)), train, views
+
+
+def expected_view(dataset, views, role: str, epoch: int, indices: torch.Tensor) -> torch.Tensor:
+    """The role's view of each image, drawn by hand from the stored image and normalised."""
+    drawn = torch.stack([views.draw(role, dataset.raw_image(int(i)), epoch, int(i)) for i in indices])
+    return normalize_batch(drawn, dataset.mean, dataset.std)
+
+
+@pytest.mark.parametrize("loader", ["device", "workers"])
+def test_a_student_view_differs_and_the_standard_teacher_view_is_the_plain_batch(fake_cifar100, loader):
+    (plain, plain_labels, plain_indices), _, _ = first_batch(cifar_spec(fake_cifar100, loader))
+    (inputs, labels, indices), dataset, views = first_batch(cifar_spec(fake_cifar100, loader, STUDENT_INFOMIN))
+    assert isinstance(inputs, TwoViews) and inputs.teacher.shape == inputs.student.shape == plain.shape
+    assert torch.equal(indices, plain_indices) and torch.equal(labels, plain_labels)  # the same images, same keys
+    assert torch.equal(inputs.teacher, plain)  # not configured: exactly what a run without views sees
+    assert not torch.equal(inputs.student, inputs.teacher)
+    assert torch.equal(inputs.student, expected_view(dataset, views, "student", 2, indices))
+
+
+def test_both_paths_draw_the_same_student_view_of_the_same_image(fake_cifar100):
+    (device, _, device_indices), _, _ = first_batch(cifar_spec(fake_cifar100, "device", STUDENT_INFOMIN))
+    (workers, _, worker_indices), _, _ = first_batch(cifar_spec(fake_cifar100, "workers", STUDENT_INFOMIN))
+    assert torch.equal(device_indices, worker_indices)
+    assert torch.equal(device.student, workers.student)
+
+
+def test_two_configured_views_differ_from_each_other_and_between_epochs(fake_cifar100):
+    both = ViewsSpec(teacher=ViewSpec("infomin"), student=ViewSpec("infomin"))
+    (inputs, _, indices), dataset, views = first_batch(cifar_spec(fake_cifar100, "device", both))
+    assert not torch.equal(inputs.teacher, inputs.student)  # each role has its own seed
+    assert torch.equal(inputs.teacher, expected_view(dataset, views, "teacher", 2, indices))
+    assert not torch.equal(expected_view(dataset, views, "student", 3, indices), inputs.student)
+
+
+def test_plain_views_coincide_and_standard_everywhere_means_no_views(fake_cifar100):
+    assert build_views(ViewsSpec(), 32, 0) is None and build_views(None, 32, 0) is None
+    plain = ViewsSpec(teacher=ViewSpec("plain"), student=ViewSpec("plain"))
+    (inputs, _, indices), dataset, _ = first_batch(cifar_spec(fake_cifar100, "device", plain))
+    assert torch.equal(inputs.teacher, inputs.student)
+    stored = torch.stack([dataset.raw_image(int(i)) for i in indices])
+    assert torch.equal(inputs.student, normalize_batch(stored, dataset.mean, dataset.std))
+
+
+def test_views_on_an_image_folder(tmp_path):
+    for split, count in (("train", 3), ("test", 1)):
+        for name, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = np.random.default_rng(i).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+                pixels[..., 0] = colour[0]
+                Image.fromarray(pixels).save(tmp_path / split / name / f"{i}.png")
+    spec = DataSpec(dataset="folder", root=str(tmp_path), num_workers=2, batch_size=6, views=STUDENT_INFOMIN,
+                    options={"image_size": 16})
+    (inputs, labels, indices), dataset, views = first_batch(spec, epoch=1)
+    assert isinstance(inputs, TwoViews) and inputs.student.shape == (6, 3, 16, 16)
+    assert dataset.raw_image(0).shape == (3, 16, 16) and dataset.raw_image(0).dtype == torch.uint8
+    assert torch.equal(inputs.student, expected_view(dataset, views, "student", 1, indices))
+    assert torch.equal(labels, dataset.labels[indices])
+
+
+def test_a_dataset_without_stored_images_refuses_views():
+    spec = DataSpec(dataset="synthetic", root="unused", batch_size=4, views=STUDENT_INFOMIN,
+                    options={"train_size": 8, "test_size": 4})
+    with pytest.raises(DataError, match="cannot hand out its stored images.*remove data.views"):
+        first_batch(spec)
+
+
+def test_view_names_and_options_are_checked_with_the_key_named(fake_cifar100, tiny_teacher, tmp_path):
+    base = [f"data.root={fake_cifar100}", "teacher.name=null", "teacher.arch=resnet14", f"teacher.checkpoint={tiny_teacher}"]
+    cases = {
+        "data.views={student: {name: infomn}}": "data.views.student.name: unknown view 'infomn'",
+        "data.views={student: {name: infomin, options: {magnitud: 3}}}": "data.views.student.options.magnitud",
+        "data.views={student: {name: infomin, options: {magnitude: high}}}": "expected int",
+        "data.views={student: {name: infomin, options: {crop_scale: [0.9, 0.2]}}}": "crop_scale must be",
+        "data.views={teacher: {name: standard, options: {a: 1}}}": "the standard view takes no options",
+    }
+    for override, message in cases.items():
+        with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace(".", r"\.")):
+            load_recipe(CRD_RECIPE, [*base, override])
+    with pytest.raises(DistillError, match="no teacher"):
+        load_recipe(REPO / "recipes/cifar100/vanilla/resnet32x4-resnet8x4.yaml",
+                    [f"data.root={fake_cifar100}", "data.views={student: {name: infomin}}"])
+    assert set(view_options("infomin")) == {"crop_scale", "jitter", "hue", "jitter_p", "ops", "magnitude", "grayscale_p"}
+    assert STANDARD == "standard"
+
+
+def test_a_run_with_views_end_to_end(fake_cifar100, tiny_teacher, tmp_path):
+    run_dir = tmp_path / "run"
+    code = main([
+        "train", str(CRD_RECIPE), f"data.root={fake_cifar100}", "data.verify=false", "data.num_workers=0",
+        "schedule.epochs=1", "student.arch=resnet8", "teacher.name=null", "teacher.arch=resnet14",
+        f"teacher.checkpoint={tiny_teacher}", "losses.crd.num_negatives=64",
+        "data.views={student: {name: infomin}}", "--run-dir", str(run_dir), "--no-tensorboard",
+    ])
+    assert code == 0
+    row = read_metrics(run_dir)[-1]
+    assert np.isfinite(row["train/loss/crd"]) and np.isfinite(row["train/loss/ce"])
+    assert "infomin" in (run_dir / "recipe.yaml").read_text()
