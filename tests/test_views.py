@@ -137,3 +137,16 @@ def test_a_run_with_views_end_to_end(fake_cifar100, tiny_teacher, tmp_path):
     row = read_metrics(run_dir)[-1]
     assert np.isfinite(row["train/loss/crd"]) and np.isfinite(row["train/loss/ce"])
     assert "infomin" in (run_dir / "recipe.yaml").read_text()
+
+
+@pytest.mark.parametrize("method,base", [("crd_infomin", "crd"), ("ml_cpc_infomin", "ml_cpc")])
+def test_the_infomin_view_recipes_cover_the_13_tasks(method, base):
+    from distill.benchmark.tasks import TASKS
+
+    for task in TASKS:
+        recipe = load_recipe(REPO / "recipes" / "cifar100" / method / f"{task.name}.yaml")
+        plain = load_recipe(REPO / "recipes" / "cifar100" / base / f"{task.name}.yaml")
+        assert recipe.description.startswith("EXPERIMENTAL")
+        assert recipe.data.views == ViewsSpec(teacher=ViewSpec("standard"), student=ViewSpec("infomin"))
+        assert recipe.losses == plain.losses and recipe.teacher == plain.teacher and recipe.student == plain.student
+    assert len(list((REPO / "recipes" / "cifar100" / method).glob("*.yaml"))) == len(TASKS) == 13

@@ -62,6 +62,15 @@ METHODS["dkd"] = (
     "DKD (Zhao et al. 2022): {teacher} → {student}, CE + DKD with the authors' per-task settings (mdistiller)",
 )
 
+# InfoMin-style views (data.views): the teacher keeps the standard view, the student sees a stronger one.
+for _name, _label in (("crd", "CRD"), ("ml_cpc", "ML-CPC")):
+    METHODS[f"{_name}_infomin"] = (
+        (_name, "views_infomin"),
+        True,
+        f"EXPERIMENTAL {_label} with InfoMin-style views: {{teacher}} (standard view) → {{student}} "
+        f"(resized crop, colour jitter, RandAugment, grayscale)",
+    )
+
 # FSP compares channel×channel matrices, so it needs equal channel counts in every map:
 # the CRD paper reports it as N/A for these tasks (building it fails with that reason).
 NOT_APPLICABLE = {"fsp": {task.name for task in TASKS if not task.same_family} | {"wrn_40_2-wrn_40_1"}}
