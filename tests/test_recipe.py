@@ -211,7 +211,7 @@ def test_the_shipped_recipe_set_is_complete():
     names = {str(p.relative_to(REPO / "recipes")) for p in SHIPPED}
     assert len([n for n in names if n.startswith("cifar100/teachers/")]) == 6
     assert len([n for n in names if n.startswith("cifar100/vanilla/")]) == 13
-    methods = ("vanilla", "kd", "crd", "crd_kd", "ml_cpc", "ml_cpc_kd", "dkd", "hint", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "nst")
+    methods = ("vanilla", "kd", "crd", "crd_kd", "ml_cpc", "ml_cpc_kd", "segmental", "segmental_kd", "dkd", "hint", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "nst")
     for method in methods:
         assert len([n for n in names if n.startswith(f"cifar100/{method}/")]) == 13, method
     assert len([n for n in names if n.startswith("cifar100/fsp/")]) == 6  # N/A where channel counts differ
@@ -227,6 +227,10 @@ def test_method_recipes_carry_the_reference_weights():
     assert weights("crd_kd") == {"ce": ("ce", 1.0, None), "crd": ("crd", 0.8, 0.07), "kd": ("kd", 1.0, 4.0)}
     assert weights("ml_cpc") == {"ce": ("ce", 1.0, None), "ml_cpc": ("ml_cpc", 0.8, 0.07)}
     assert weights("ml_cpc_kd") == {"ce": ("ce", 1.0, None), "ml_cpc": ("ml_cpc", 0.8, 0.07), "kd": ("kd", 1.0, 4.0)}
+    assert weights("segmental") == {"ce": ("ce", 1.0, None), "segmental": ("segmental", 1.0, None)}
+    assert weights("segmental_kd") == {"ce": ("ce", 1.0, None), "segmental": ("segmental", 1.0, None), "kd": ("kd", 1.0, 4.0)}
+    for method in ("segmental", "segmental_kd"):  # a proposal, not a published method
+        assert load_recipe(REPO / f"recipes/cifar100/{method}/resnet32x4-resnet8x4.yaml").description.startswith("EXPERIMENTAL")
     crd = load_recipe(REPO / "recipes/cifar100/crd/resnet32x4-resnet8x4.yaml").losses["crd"].params
     assert crd["num_negatives"] == 16384 and crd["feat_dim"] == 128 and crd["momentum"] == 0.5 and crd["mode"] == "exact"
 

@@ -37,6 +37,16 @@ METHODS: dict[str, tuple[tuple[str, ...], bool, str]] = {
         True,
         "ML-CPC+KD: {teacher} → {student}, CE + KD + 0.8·ML-CPC, alpha=1 (the paper's alpha is not known)",
     ),
+    "segmental": (
+        ("segmental",),
+        True,
+        "EXPERIMENTAL segmental MI (MUSIC-style, variant B): {teacher} → {student}, CE + segmental (S=32, C=32)",
+    ),
+    "segmental_kd": (
+        ("segmental", "plus_kd"),
+        True,
+        "EXPERIMENTAL segmental MI+KD (MUSIC-style, variant B): {teacher} → {student}, CE + KD + segmental (S=32, C=32)",
+    ),
 }
 
 CLASSIC = {

@@ -22,6 +22,7 @@ from distill.losses import (  # noqa: E402,F401
     nst,
     pkt,
     rkd,
+    segmental,
     similarity,
     vid,
 )
