@@ -8,11 +8,11 @@ import traceback
 
 from distill import __version__
 from distill.cli import eval as eval_command
-from distill.cli import fake_data, quickstart, recipes, report, sweep, teachers, train
+from distill.cli import fake_data, mi_bench, quickstart, recipes, report, sweep, teachers, train
 from distill.engine.signals import EXIT_STOPPED, TrainingStopped
 from distill.errors import DistillError
 
-SUBCOMMANDS = (train, eval_command, sweep, report, teachers, recipes, quickstart, fake_data)
+SUBCOMMANDS = (train, eval_command, sweep, report, teachers, recipes, quickstart, fake_data, mi_bench)
 EXIT_USER_ERROR = 2
 
 

@@ -26,6 +26,9 @@ The functions, with the paper and equation each implements:
 * :func:`ml_cpc_bound`: ML-CPC and α-ML-CPC (Song & Ermon, NeurIPS 2020).
 * :func:`cpc_ceiling`, :func:`ml_cpc_min_valid_alpha`: the ceiling log(M/α) and
   the smallest α for which α-ML-CPC is still a lower bound (a derived range).
+* :func:`nwj_bound`: the NWJ bound (Nguyen, Wainwright & Jordan, "Estimating
+  Divergence Functionals and the Likelihood Ratio by Convex Risk Minimization",
+  IEEE Trans. Inf. Theory 2010), which has no log M ceiling.
 
 The distillation losses are the *negatives* of the bounds: ``-cpc_bound(...)``
 and ``-ml_cpc_bound(...)``.
@@ -46,6 +49,7 @@ __all__ = [
     "ml_cpc_bound",
     "ml_cpc_min_valid_alpha",
     "nce_loss",
+    "nwj_bound",
 ]
 
 
@@ -339,3 +343,44 @@ def ml_cpc_min_valid_alpha(batch_size: int, num_candidates: int) -> float:
     if m != num_candidates or m < 2:
         raise ValueError(f"num_candidates must be an integer M = K + 1 ≥ 2, got {num_candidates!r}")
     return m / (n * (m - 1) + 1)
+
+
+# ----------------------------------------------------------------- NWJ
+
+
+def nwj_bound(logits: Tensor) -> Tensor:
+    """NWJ estimate of the mutual information (Nguyen, Wainwright & Jordan, IEEE Trans. Inf. Theory 2010).
+
+    What: NWJ's variational lower bound KL(P ‖ Q) ≥ E_P[f] − E_Q[e^{f−1}], which
+    holds for every critic f (the convex dual of the KL divergence: the Fenchel
+    conjugate of t log t is e^{u−1}), applied with P the joint and Q the product
+    of marginals, so that it bounds I(X;Y). With the positives in column 0 as the
+    samples of P and every negative as a sample of Q,
+
+        mean_i s_i0 − mean_{i, k≥1} e^{s_ik − 1},
+
+    computed as ``mean_i s_i0 − exp( logsumexp_{i,k≥1}(s_ik) − 1 − log(B·K) )``.
+    This is ``nwj_lower_bound`` of Poole et al., "On Variational Bounds of
+    Mutual Information" (ICML 2019), and of the ML-CPC repository, on the
+    in-batch [n, n] score matrix (there the negatives are its n(n − 1)
+    off-diagonal entries).
+
+    Why: unlike the CPC family it has no ceiling: with the optimal critic
+    f* = 1 + log p(x, y)/(p(x)p(y)) it equals I exactly in expectation. The
+    price is variance: the second term averages density ratios under Q, whose
+    variance grows exponentially with the MI (e^{2I} − 1 for correlated
+    Gaussians), so at high MI a batch's estimate is noisy, and a trained
+    critic's estimate falls far below the truth. Negative scores above about
+    89 + log(B·K) overflow the exponential in float32 and give −inf: the
+    mathematical value is finite but not representable.
+
+    Args:
+        logits: [B, M] log-scores, column 0 the positive (M ≥ 2).
+
+    Returns:
+        0-d tensor (mean over the B positives and B·K negatives), in the compute dtype.
+    """
+    s = _as_compute(logits)
+    batch, m = s.shape
+    negatives = torch.logsumexp(s[:, 1:].reshape(-1), dim=0) - 1.0 - math.log(batch * (m - 1))
+    return s[:, 0].mean() - negatives.exp()
