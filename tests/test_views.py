@@ -150,3 +150,21 @@ def test_the_infomin_view_recipes_cover_the_13_tasks(method, base):
         assert recipe.data.views == ViewsSpec(teacher=ViewSpec("standard"), student=ViewSpec("infomin"))
         assert recipe.losses == plain.losses and recipe.teacher == plain.teacher and recipe.student == plain.student
     assert len(list((REPO / "recipes" / "cifar100" / method).glob("*.yaml"))) == len(TASKS) == 13
+
+
+@pytest.mark.parametrize("loader", ["device", "workers"])
+def test_a_resumed_epoch_with_views_continues_with_the_same_views(fake_cifar100, loader):
+    """skip(k) (how a resumed run re-enters its epoch) yields exactly the remaining batches, both views included."""
+    spec = cifar_spec(fake_cifar100, loader, STUDENT_INFOMIN)
+    train, test = build_datasets(spec)
+    views = build_views(spec.views, 32, 0)
+    full = build_loaders(spec, train, test, seed=0, views=views).train_loader
+    resumed = build_loaders(spec, train, test, seed=0, views=views).train_loader
+    full.set_epoch(4)
+    resumed.set_epoch(4)
+    resumed.skip(3)
+    expected, actual = list(full)[3:], list(resumed)
+    assert len(actual) == len(expected) == len(full) - 3
+    for (a_inputs, a_labels, a_indices), (b_inputs, b_labels, b_indices) in zip(expected, actual):
+        assert torch.equal(a_indices, b_indices) and torch.equal(a_labels, b_labels)
+        assert torch.equal(a_inputs.teacher, b_inputs.teacher) and torch.equal(a_inputs.student, b_inputs.student)
