@@ -21,7 +21,6 @@ do. :func:`device_loader_unsupported` says why a dataset cannot.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -30,7 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.data.epoch_order import BATCH_AUGMENT_STREAM, IGNORED_LABEL, epoch_order, stream_seed
+from distill.data.epoch_order import (
+    BATCH_AUGMENT_STREAM,
+    IGNORED_LABEL,
+    batches_per_epoch,
+    epoch_order,
+    shard_size,
+    stream_seed,
+)
 from distill.data.transforms import CROP_PADDING, normalize_batch, per_channel
 from distill.data.views import TwoViews, ViewPair
 
@@ -209,10 +215,10 @@ class DeviceLoader:
     @property
     def shard_size(self) -> int:
         """Items this process visits per epoch, wrap-around or filler items included."""
-        return math.ceil(self.dataset_size / self.num_processes)
+        return shard_size(self.dataset_size, self.num_processes)
 
     def __len__(self) -> int:
-        return math.ceil(self.shard_size / self.batch_size)
+        return batches_per_epoch(self.dataset_size, self.batch_size, self.num_processes)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order and augmentation the next iteration yields."""
@@ -265,20 +271,11 @@ class DeviceLoader:
             else:
                 inputs = normalize_batch(images, self.mean, self.std, channels_last=self.channels_last)
             if self.views is not None:
-                inputs = self._two_views(inputs, images, order[start:stop])
+                inputs = self.views.inputs(
+                    inputs, images, self.epoch, order[start:stop].tolist(), self.mean, self.std,
+                    channels_last=self.channels_last,
+                )
             yield inputs, labels[start:stop], order[start:stop]
-
-    def _two_views(self, standard: torch.Tensor, images: torch.Tensor, indices: torch.Tensor) -> TwoViews:
-        """Each role's view of the batch: the standard inputs, or its own view drawn per image."""
-        assert self.views is not None
-        made = {}
-        for role in ("teacher", "student"):
-            if getattr(self.views, role) is None:
-                made[role] = standard
-            else:
-                drawn = self.views.draw_batch(role, images, self.epoch, indices.tolist())
-                made[role] = normalize_batch(drawn, self.mean, self.std, channels_last=self.channels_last)
-        return TwoViews(**made)
 
     def __repr__(self) -> str:
         return (

@@ -27,8 +27,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from distill.data.transforms import normalize_batch
-
 #: Stream tags: the permutation, the device loader's per-batch draws, the per-item transforms.
 ORDER_STREAM, BATCH_AUGMENT_STREAM, ITEM_AUGMENT_STREAM = 0, 1, 2
 
@@ -40,6 +38,16 @@ def stream_seed(*words: int) -> int:
     """A 64-bit seed that is a pure function of ``words`` (independent streams for different words)."""
     entropy = [int(word) % 2**64 for word in words]
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
+
+
+def shard_size(dataset_size: int, num_processes: int) -> int:
+    """Items each process visits per epoch, wrap-around or filler items included."""
+    return math.ceil(dataset_size / num_processes)
+
+
+def batches_per_epoch(dataset_size: int, batch_size: int, num_processes: int) -> int:
+    """Batches each process yields per epoch, the last one possibly partial."""
+    return math.ceil(shard_size(dataset_size, num_processes) / batch_size)
 
 
 def epoch_order(
@@ -64,7 +72,7 @@ def epoch_order(
     if not 0 <= process_index < num_processes:
         raise ValueError(f"process_index {process_index} is not in 0..{num_processes - 1}")
     n, p, r = dataset_size, num_processes, process_index
-    shard = math.ceil(n / p)
+    shard = shard_size(n, p)
     total = shard * p
     if not shuffle:
         order = torch.arange(total)
@@ -103,7 +111,7 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         self._skip = batches
 
     def __len__(self) -> int:
-        return math.ceil(math.ceil(self.dataset_size / self.num_processes) / self.batch_size)
+        return batches_per_epoch(self.dataset_size, self.batch_size, self.num_processes)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         order = epoch_order(
@@ -149,14 +157,6 @@ class EpochSeededItems(Dataset):
                 random.setstate(python_state)
         if self.views is None:
             return item
-        return (*self._two_views(item[0], epoch, index), *item[1:])
-
-    def _two_views(self, standard: torch.Tensor, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        made = []
-        for role in ("teacher", "student"):
-            if getattr(self.views, role) is None:
-                made.append(standard)
-            else:
-                drawn = self.views.draw(role, self.dataset.raw_image(index), epoch, index)  # type: ignore[attr-defined]
-                made.append(normalize_batch(drawn.unsqueeze(0), self.dataset.mean, self.dataset.std)[0])  # type: ignore[attr-defined]
-        return made[0], made[1]
+        stored = self.dataset.raw_image(index).unsqueeze(0)  # type: ignore[attr-defined]
+        views = self.views.inputs(item[0].unsqueeze(0), stored, epoch, [index], self.dataset.mean, self.dataset.std)  # type: ignore[attr-defined]
+        return (views.teacher[0], views.student[0], *item[1:])

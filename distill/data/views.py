@@ -36,6 +36,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from distill.data.epoch_order import stream_seed
+from distill.data.transforms import normalize_batch
 from distill.errors import RecipeError
 from distill.registry import Registry
 from distill.recipe.schema import ViewSpec, ViewsSpec
@@ -179,6 +180,32 @@ class ViewPair:
     def draw_batch(self, role: str, images: Tensor, epoch: int, indices: Sequence[int]) -> Tensor:
         """The view of each image of a ``uint8 B×C×H×W`` batch, one seeded draw per image."""
         return torch.stack([self.draw(role, image, epoch, int(index)) for image, index in zip(images, indices)])
+
+    def inputs(
+        self,
+        standard: Tensor,
+        images: Tensor,
+        epoch: int,
+        indices: Sequence[int],
+        mean: Sequence[float] | Tensor,
+        std: Sequence[float] | Tensor,
+        *,
+        channels_last: bool = False,
+    ) -> TwoViews:
+        """Both roles' inputs for a batch, as both data paths make them.
+
+        ``standard``: the batch with the dataset's own augmentation (what a role with the
+        standard view gets); ``images``: the same images as stored, ``uint8 B×C×H×W``,
+        from which a role with its own view draws it, normalised with ``mean``/``std``.
+        """
+        made = {}
+        for role in ROLES:
+            if getattr(self, role) is None:
+                made[role] = standard
+            else:
+                drawn = self.draw_batch(role, images, epoch, indices)
+                made[role] = normalize_batch(drawn, mean, std, channels_last=channels_last)
+        return TwoViews(**made)
 
 
 def build_views(views: ViewsSpec | None, image_size: int, seed: int) -> ViewPair | None:

@@ -31,21 +31,13 @@ def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -
     return torch.stack([hits[:, : min(k, max_k)].any(dim=1).sum() for k in ks])
 
 
-def _first_rows(path: Path, count: int) -> list[dict[str, Any]]:
-    """The first ``count`` records of a ``metrics.jsonl``, not reading past them.
-
-    What follows them was written after the checkpoint being resumed and is dropped
-    anyway, possibly with a line cut short by the crash: it is not parsed.
-    """
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
-    if len(lines) < count:
-        raise MetricsFileError(f"{path} holds {len(lines)} records, but the checkpoint being resumed saw {count}")
-    rows = []
-    for number, line in enumerate(lines[:count], start=1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise MetricsFileError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+def _first_rows(run_dir: Path, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` records of a ``metrics.jsonl``, not reading past them (see :func:`read_metrics`)."""
+    rows = read_metrics(run_dir, limit=count)
+    if len(rows) < count:
+        raise MetricsFileError(
+            f"{run_dir / METRICS_FILE} holds {len(rows)} records, but the checkpoint being resumed saw {count}"
+        )
     return rows
 
 
@@ -68,7 +60,7 @@ class MetricsWriter:
         self.path = run_dir / METRICS_FILE
         kept = []
         if keep_rows is not None:
-            kept = _first_rows(self.path, keep_rows)
+            kept = _first_rows(run_dir, keep_rows)
             self.path.write_text("".join(json.dumps(row, allow_nan=True) + "\n" for row in kept), encoding="utf-8")
             shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
         self._file = self.path.open("a", encoding="utf-8")

@@ -99,15 +99,12 @@ def plan_run_dir(path: Path) -> RunDirPlan:
 
 def clear_for_restart(path: Path) -> None:
     """Remove what an unfinished run without a checkpoint wrote, except its log (which is appended to)."""
-    for name in RUN_ENTRIES - {LOG_FILE, CHECKPOINT_DIR}:
+    for name in RUN_ENTRIES - {LOG_FILE}:
         entry = path / name
         if entry.is_dir():
             shutil.rmtree(entry)
         elif entry.exists():
             entry.unlink()
-    checkpoints = path / CHECKPOINT_DIR
-    if checkpoints.is_dir():
-        shutil.rmtree(checkpoints)
 
 
 def remove_stale_temporaries(path: Path) -> None:

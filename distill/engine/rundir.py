@@ -64,8 +64,11 @@ class MetricsFileError(DistillError):
     """A run's ``metrics.jsonl`` cannot be read or holds a line that is not a JSON object."""
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+def read_metrics(run_dir: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """The records of a run's ``metrics.jsonl``, in order (none if the file does not exist yet).
+
+    ``limit``: read only the first ``limit`` records; what follows is not parsed (a
+    resumed run drops it, possibly with a line a crash cut short).
 
     Raises :class:`MetricsFileError` naming the file and line when it is damaged.
     """
@@ -76,8 +79,10 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise MetricsFileError(f"{path}: cannot be read: {error}") from None
-    rows = []
+    rows: list[dict[str, Any]] = []
     for number, line in enumerate(lines, start=1):
+        if limit is not None and len(rows) == limit:
+            break
         if not line.strip():
             continue
         try:

@@ -189,7 +189,9 @@ class Trainer:
         self._echo = echo or (lambda line: print(line, flush=True))
         seed_everything(recipe.seed, recipe.deterministic)
         self._check_files()
-        self.teacher_sha256 = sha256_file(recipe.teacher.checkpoint) if recipe.teacher and recipe.teacher.checkpoint else None
+        # Read by the main process only (the resume check, run.json, checkpoints): hashing is a full file read.
+        has_teacher_file = recipe.teacher is not None and recipe.teacher.checkpoint is not None
+        self.teacher_sha256 = sha256_file(recipe.teacher.checkpoint) if has_teacher_file and self.is_main else None
         plan, checkpoint = self._plan(run_dir, force)
         self._build()  # before the run directory is touched: bad input leaves nothing behind
         self.run_dir = self._open_run_dir(plan)

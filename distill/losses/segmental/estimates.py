@@ -17,9 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+from distill.losses.contrastive.distributed import world_size
 
 
 def global_means(local_means: list[Tensor], count: int) -> list[Tensor]:
