@@ -7,7 +7,9 @@ names (and what makes a run finished) from here, where the trainer takes them to
 from __future__ import annotations
 
 import json
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,59 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 """Written once, when the last epoch is done: its presence is what "finished" means."""
 LOG_FILE = "log.txt"
+OUTCOME_FILE = "outcome.json"
+"""How the run's last process ended (or that it is running): see :func:`write_outcome`."""
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = Path(CHECKPOINT_DIR) / "last.pt"
 BEST_CHECKPOINT = Path(CHECKPOINT_DIR) / "best.pt"
-RUN_ENTRIES = frozenset({RECIPE_FILE, RUN_INFO_FILE, METRICS_FILE, SUMMARY_FILE, LOG_FILE, TENSORBOARD_DIR, CHECKPOINT_DIR})
+RUN_ENTRIES = frozenset(
+    {RECIPE_FILE, RUN_INFO_FILE, METRICS_FILE, SUMMARY_FILE, LOG_FILE, OUTCOME_FILE, TENSORBOARD_DIR, CHECKPOINT_DIR}
+)
 """Everything a run writes at the top of its directory."""
+
+
+OUTCOME_STATUSES = ("running", "finished", "stopped", "nonfinite", "failed")
+"""``running``: a process is training it (or was killed without a word: SIGKILL, power loss);
+``finished``: trained to its last epoch; ``stopped``: by a signal, after a checkpoint (resumable);
+``nonfinite``: a non-finite loss or gradient ended it; ``failed``: any other error ended it."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended, as recorded in its ``outcome.json``."""
+
+    status: str
+    message: str = ""
+    time: str = ""
+
+    @property
+    def ended_badly(self) -> bool:
+        """A run that an error ended (not one that is running, finished or stopped on request)."""
+        return self.status in ("nonfinite", "failed")
+
+
+def write_outcome(run_dir: str | Path, status: str, message: str = "") -> None:
+    """Record how the run ended (``status`` one of :data:`OUTCOME_STATUSES`), replacing the file atomically."""
+    if status not in OUTCOME_STATUSES:
+        raise ValueError(f"unknown run outcome {status!r}; expected one of {', '.join(OUTCOME_STATUSES)}")
+    path = Path(run_dir) / OUTCOME_FILE
+    record = {"status": status, "message": message, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    temporary = path.with_name(f".{OUTCOME_FILE}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def read_outcome(run_dir: str | Path) -> RunOutcome | None:
+    """The run's recorded outcome; ``None`` when it has none (a run from before outcomes were recorded)."""
+    path = Path(run_dir) / OUTCOME_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("status") not in OUTCOME_STATUSES:
+        return None
+    return RunOutcome(str(record["status"]), str(record.get("message", "")), str(record.get("time", "")))
 
 
 def is_finished(run_dir: str | Path) -> bool:
