@@ -128,6 +128,15 @@ def test_recipes_lists_every_shipped_recipe(capsys):
     assert "_base_" not in out and f"{len(shipped)} recipe(s)" in out and len(shipped) > 200
 
 
+@pytest.mark.parametrize("where", ["repo", "elsewhere"])
+def test_recipes_prints_paths_that_train_accepts_from_the_same_folder(where, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO if where == "repo" else tmp_path)
+    assert main(["recipes", str(REPO / "recipes"), "--filter", "/kd/resnet32x4-resnet8x4"]) == 0
+    first = capsys.readouterr().out.splitlines()[0].split()[0]
+    assert Path(first).is_file()
+    assert first == ("recipes/cifar100/kd/resnet32x4-resnet8x4.yaml" if where == "repo" else str(KD_RECIPE))
+
+
 def test_a_two_stage_method_runs_both_stages(fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / "ft"
     recipe = REPO / "recipes/cifar100/ft/resnet32x4-resnet8x4.yaml"

@@ -20,7 +20,7 @@ from distill.teachers import MANIFEST_ENV, load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
-ALL_RECIPES = [path for path, _ in list_recipes(RECIPES)]
+ALL_RECIPES = [path.resolve().relative_to(RECIPES) for path, _ in list_recipes(RECIPES)]
 BATCH = 4
 
 

@@ -27,12 +27,17 @@ def describe(path: Path) -> str:
 
 
 def list_recipes(root: Path) -> list[tuple[Path, str]]:
-    """Every recipe under ``root`` except the shared fragments in ``_base_`` folders."""
+    """Every recipe under ``root`` except the shared fragments in ``_base_`` folders, as paths ``distill train`` takes.
+
+    A path is relative to the working directory when the recipe lies below it
+    (``recipes/cifar100/kd/…``), else absolute: either way it can be pasted as is.
+    """
     found = []
-    for path in sorted(root.rglob("*.yaml")):
-        if "_base_" in path.relative_to(root).parts:
+    here = Path.cwd().resolve()
+    for path in sorted(root.resolve().rglob("*.yaml")):
+        if "_base_" in path.relative_to(root.resolve()).parts:
             continue
-        found.append((path.relative_to(root), describe(path)))
+        found.append((path.relative_to(here) if path.is_relative_to(here) else path, describe(path)))
     return found
 
 
