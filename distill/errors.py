@@ -29,3 +29,7 @@ class DataError(DistillError):
 
 class CheckpointError(DistillError):
     """A checkpoint is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+class LossError(DistillError):
+    """A loss (built-in or a recipe plugin) failed to build or to compute its term."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
 
@@ -37,6 +38,17 @@ def _shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+def describe_os_error(error: OSError) -> str:
+    """One line for an operating-system error (full disk, no permission …): what failed, on which file, what to do."""
+    where = f" ({error.filename})" if error.filename else ""
+    text = f"{error.strerror or error}{where}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{text}: the disk is full; free space, then run the same command again (a run resumes from its last checkpoint)"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{text}: choose a folder you can write to"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"distill {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"distill {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"distill {args.command}: interrupted", file=sys.stderr)

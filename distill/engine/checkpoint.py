@@ -52,7 +52,8 @@ def atomic_save(obj: Any, path: Path) -> None:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
         _sync_directory(path.parent)
-    except OSError as error:
+    except (OSError, RuntimeError) as raised:
+        error = _write_error(raised)
         kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
         hint = (
             "the disk is full: free space"
@@ -66,6 +67,22 @@ def atomic_save(obj: Any, path: Path) -> None:
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def _write_error(raised: OSError | RuntimeError) -> OSError:
+    """The operating system's error behind a failed write.
+
+    ``torch.save`` reports a failed write of its zip writer as a ``RuntimeError``
+    ("unexpected pos …") whose context holds the ``OSError`` (``No space left on
+    device``); that is the error the user must see. A ``RuntimeError`` with no
+    ``OSError`` behind it is not a write failure and goes on as it is.
+    """
+    cause: BaseException | None = raised
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        raise raised
+    return cause
 
 
 def _sync_directory(directory: Path) -> None:

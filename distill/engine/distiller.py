@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from distill.data.views import TwoViews, split_views
 from distill.engine.teacher import FrozenTeacher
+from distill.errors import DistillError, LossError
 from distill.losses.base import Batch, DistillLoss
 from distill.models.features import FeatureRecord
 
@@ -39,7 +40,23 @@ def in_full_precision(
     """
     with torch.autocast(device_type=batch.inputs.device.type, enabled=False):
         student, teacher = as_float32(student), as_float32(teacher)
-        return {name: objective(student, teacher, batch) for name, objective in objectives.items()}
+        return {name: _term(name, objective, student, teacher, batch) for name, objective in objectives.items()}
+
+
+def _term(name: str, objective: Objective, student: FeatureRecord, teacher: FeatureRecord | None, batch: Batch) -> Tensor:
+    """One loss term; an exception inside a loss (a plugin's bug, a shape it cannot take) names the recipe's term.
+
+    The original exception stays chained (``distill --debug`` prints its traceback).
+    """
+    try:
+        return objective(student, teacher, batch)
+    except DistillError:
+        raise
+    except Exception as error:
+        raise LossError(
+            f"losses.{name} ({type(objective).__name__}) failed while computing its term: "
+            f"{type(error).__name__}: {error}. If it is your plugin, fix it; run with 'distill --debug' for the traceback"
+        ) from error
 
 
 class Distiller(nn.Module):
