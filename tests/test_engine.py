@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import errno
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,7 +16,7 @@ from distill.engine.checkpoint import atomic_save
 from distill.engine.distiller import Distiller
 from distill.engine.metrics import topk_correct
 from distill.engine.optim import build_optimizer, build_scheduler
-from distill.engine.rundir import claim_run_dir, new_run_dir
+from distill.engine.rundir import RunDirLock, claim_new_run_dir, claim_run_dir, new_run_dir
 from distill.engine.teacher import FrozenTeacher
 from distill.errors import CheckpointError, DistillError
 from distill.losses import Batch, DistillLoss, LossContext, build_loss, register_loss
@@ -92,12 +96,46 @@ def test_topk_correct_by_hand():
 
 
 def test_run_dirs_are_unique_and_never_reused(tmp_path):
-    first = claim_run_dir(new_run_dir(tmp_path, "cifar100/kd/a-b", now=0))
-    second = new_run_dir(tmp_path, "cifar100/kd/a-b", now=0)
+    base = new_run_dir(tmp_path, "cifar100/kd/a-b", now=0)
+    first = claim_new_run_dir(base)
+    second = claim_new_run_dir(new_run_dir(tmp_path, "cifar100/kd/a-b", now=0))
     assert first.name.startswith("cifar100-kd-a-b-") and second != first
+    assert second.name == first.name + "-1" and (second / "checkpoints").is_dir()
     (first / "metrics.jsonl").write_text("{}")
     with pytest.raises(DistillError, match="not empty"):
         claim_run_dir(first)
+
+
+def test_runs_named_in_the_same_second_by_racing_processes_get_distinct_directories(tmp_path):
+    """Eight processes claim the same time-stamped name at once: each must get its own directory."""
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from distill.engine.rundir import claim_new_run_dir, new_run_dir\n"
+        "print(claim_new_run_dir(new_run_dir(Path(sys.argv[1]), 'cifar100/kd/a-b', now=0)))\n"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    claimed = [process.communicate(timeout=60)[0].strip() for process in processes]
+    assert all(process.returncode == 0 for process in processes)
+    assert len(set(claimed)) == 8 and len(list(tmp_path.iterdir())) == 8
+
+
+def test_a_run_directory_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    first = RunDirLock(tmp_path)
+    first.acquire()
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from distill.engine.rundir import RunDirLock, RunDirBusyError\n"
+        "try:\n    RunDirLock(Path(sys.argv[1])).acquire()\nexcept RunDirBusyError as e:\n    print(e); sys.exit(3)\n"
+    )
+    refused = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 3, refused.stderr
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in refused.stdout
+    first.release()
+    taken = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert taken.returncode == 0, taken.stdout + taken.stderr
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):

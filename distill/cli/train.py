@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from distill.engine.rundir import RECIPE_FILE
 from distill.errors import DistillError
-from distill.recipe import load_recipe
+from distill.recipe.compose import ComposedRecipe
+from distill.recipe.schema import Recipe
+from distill.recipe.load import flatten_recipe, load_recipe_with_sources, recipe_to_dict
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +44,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="resume even though the recipe, the teacher file or the number of processes differ from the run's",
     )
     parser.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard event files")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved recipe (and where each key came from) and the result of every start-up check "
+        "(teacher and its sha256, data, losses on the real feature shapes, parameters, memory), then exit: "
+        "no training, no run directory",
+    )
     parser.set_defaults(run=run)
 
 
@@ -68,6 +78,38 @@ def run(args: argparse.Namespace) -> int:
                 )
     elif recipe_path is None:
         raise DistillError("give a recipe (distill train RECIPE), or --resume RUN_DIR to continue a run")
-    recipe = load_recipe(recipe_path, overrides)
+    recipe, composed = load_recipe_with_sources(recipe_path, overrides)
+    if args.dry_run:
+        return dry_run(recipe, composed, run_dir, args.force)
     train(recipe, run_dir=run_dir, force=args.force, tensorboard=not args.no_tensorboard)
+    return 0
+
+
+def key_sources(recipe: Recipe, composed: ComposedRecipe, resolved_teacher: bool) -> dict[str, tuple[Any, str]]:
+    """Every leaf of the resolved recipe → (value, where it came from: a file, an override, the manifest, a default)."""
+    sources = {}
+    for key, value in flatten_recipe(recipe_to_dict(recipe)).items():
+        path = tuple(key.split("."))
+        source = next((composed.sources[path[:end]] for end in range(len(path), 0, -1) if path[:end] in composed.sources), None)
+        if source is None and resolved_teacher and key in ("teacher.arch", "teacher.checkpoint"):
+            source = "teacher manifest"
+        if source is None and key == "name":
+            source = "the recipe file's path"
+        sources[key] = (value, source or "default")
+    return sources
+
+
+def dry_run(recipe: Recipe, composed: ComposedRecipe, run_dir: str | None, force: bool) -> int:
+    """Build everything a start builds, report it, and leave no trace."""
+    from distill.engine.trainer import Trainer
+
+    named_teacher = recipe.teacher is not None and recipe.teacher.checkpoint is None
+    trainer = Trainer(recipe, run_dir, force=force, dry_run=True)
+    print(f"recipe {recipe.name} (resolved; every key with where it came from):")
+    for key, (value, source) in key_sources(recipe, composed, named_teacher).items():
+        print(f"  {key} = {value!r}    [{source}]")
+    print("start-up checks (all passed):")
+    for line in trainer.setup_report():
+        print(f"  {line}")
+    print("dry run: nothing was trained and no run directory was written")
     return 0

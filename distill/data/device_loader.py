@@ -213,6 +213,11 @@ class DeviceLoader:
         return len(self.images)
 
     @property
+    def nbytes(self) -> int:
+        """Device memory the split occupies (uint8 images and int64 labels)."""
+        return self.images.numel() * self.images.element_size() + self.labels.numel() * self.labels.element_size()
+
+    @property
     def shard_size(self) -> int:
         """Items this process visits per epoch, wrap-around or filler items included."""
         return shard_size(self.dataset_size, self.num_processes)

@@ -5,7 +5,9 @@ A run directory that already holds a run is continued rather than refused:
 * it has ``checkpoints/last.pt`` → the run resumes from it, exactly;
 * it has no checkpoint yet (killed before the first one) → the run starts over
   in place (nothing it wrote could be mistaken for a result);
-* it is finished (``summary.json``) → refused: there is nothing to resume.
+* it is finished (``summary.json``) → refused: there is nothing to resume, unless
+  forced with a longer ``schedule.epochs`` (the run is then extended from its last
+  checkpoint).
 
 Resuming with a recipe that differs from the run's ``recipe.yaml`` in anything
 that changes the result, or with a teacher checkpoint whose sha256 differs from
@@ -25,6 +27,7 @@ import yaml
 from distill.engine.rundir import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
+    LOCK_FILE,
     LOG_FILE,
     RECIPE_FILE,
     RUN_ENTRIES,
@@ -32,6 +35,7 @@ from distill.engine.rundir import (
     is_finished,
 )
 from distill.errors import DistillError
+from distill.recipe.load import flatten_recipe
 
 RESULT_NEUTRAL_KEYS = (
     "name",
@@ -64,14 +68,21 @@ class RunDirPlan:
     path: Path
     checkpoint: Path | None = None
     restart: bool = False
+    auto_named: bool = False
+    """A new run under a time-stamped name: claimed with a free suffix if another run took the name."""
+    extends: bool = False
+    """The run had finished; it continues from its last checkpoint to a longer schedule."""
 
     @property
     def resumes(self) -> bool:
         return self.checkpoint is not None
 
 
-def plan_run_dir(path: Path) -> RunDirPlan:
+def plan_run_dir(path: Path, *, extend_finished: bool = False) -> RunDirPlan:
     """Look at ``path`` and decide: a new run, a resume, a restart in place, or an error.
+
+    ``extend_finished``: a finished run is continued from its last checkpoint
+    (``--force`` with a longer schedule) instead of refused.
 
     Raises:
         ResumeError: ``path`` is a finished run, a file, or a folder with files a run does not write.
@@ -86,20 +97,23 @@ def plan_run_dir(path: Path) -> RunDirPlan:
             f"run directory {path} already exists and holds files a run does not write "
             f"({', '.join(strangers[:5])}); choose another --run-dir, or leave it out to get a fresh, time-stamped one"
         )
+    last = path / LAST_CHECKPOINT
     if is_finished(path):
+        if extend_finished and last.is_file():
+            return RunDirPlan(path, checkpoint=last, extends=True)
         raise ResumeError(
             f"run directory {path} holds a finished run ({SUMMARY_FILE} exists): there is nothing to resume. "
+            f"To train it longer: distill train --resume {path} schedule.epochs=N --force. "
             f"To train again, choose another --run-dir."
         )
-    last = path / LAST_CHECKPOINT
     if last.is_file():
         return RunDirPlan(path, checkpoint=last)
     return RunDirPlan(path, restart=True)
 
 
 def clear_for_restart(path: Path) -> None:
-    """Remove what an unfinished run without a checkpoint wrote, except its log (which is appended to)."""
-    for name in RUN_ENTRIES - {LOG_FILE}:
+    """Remove what an unfinished run without a checkpoint wrote, except its log (appended to) and its lock (held)."""
+    for name in RUN_ENTRIES - {LOG_FILE, LOCK_FILE}:
         entry = path / name
         if entry.is_dir():
             shutil.rmtree(entry)
@@ -113,26 +127,27 @@ def remove_stale_temporaries(path: Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Leaves by dotted key; an empty mapping has no leaves (``options: {}`` equals an unset ``options``)."""
-    if isinstance(data, dict):
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): data}
+def _is_neutral(key: str) -> bool:
+    return any(key == neutral or key.startswith(neutral + ".") for neutral in RESULT_NEUTRAL_KEYS)
+
+
+def differing_keys(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between two recipes, neutral keys left out, sorted."""
+    old, new = flatten_recipe(recorded), flatten_recipe(current)
+    return [
+        key
+        for key in sorted(old.keys() | new.keys())
+        if not _is_neutral(key) and old.get(key, "<unset>") != new.get(key, "<unset>")
+    ]
 
 
 def recipe_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The keys (dotted paths) whose values differ, as ``key: run has A, now B``; neutral keys left out."""
-    old, new = _flatten(recorded), _flatten(current)
-    lines = []
-    for key in sorted(old.keys() | new.keys()):
-        if any(key == neutral or key.startswith(neutral + ".") for neutral in RESULT_NEUTRAL_KEYS):
-            continue
-        if old.get(key, "<unset>") != new.get(key, "<unset>"):
-            lines.append(f"{key}: run has {old.get(key, '<unset>')!r}, now {new.get(key, '<unset>')!r}")
-    return lines
+    old, new = flatten_recipe(recorded), flatten_recipe(current)
+    return [
+        f"{key}: run has {old.get(key, '<unset>')!r}, now {new.get(key, '<unset>')!r}"
+        for key in differing_keys(recorded, current)
+    ]
 
 
 def recorded_recipe(run_dir: Path) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 """Written once, when the last epoch is done: its presence is what "finished" means."""
 LOG_FILE = "log.txt"
+LOCK_FILE = "run.lock"
+"""Held (an exclusive ``flock``) by the one process that trains the run: see :class:`RunDirLock`."""
 OUTCOME_FILE = "outcome.json"
 """How the run's last process ended (or that it is running): see :func:`write_outcome`."""
 TENSORBOARD_DIR = "tensorboard"
@@ -28,7 +31,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = Path(CHECKPOINT_DIR) / "last.pt"
 BEST_CHECKPOINT = Path(CHECKPOINT_DIR) / "best.pt"
 RUN_ENTRIES = frozenset(
-    {RECIPE_FILE, RUN_INFO_FILE, METRICS_FILE, SUMMARY_FILE, LOG_FILE, OUTCOME_FILE, TENSORBOARD_DIR, CHECKPOINT_DIR}
+    {RECIPE_FILE, RUN_INFO_FILE, METRICS_FILE, SUMMARY_FILE, LOG_FILE, OUTCOME_FILE, LOCK_FILE, TENSORBOARD_DIR, CHECKPOINT_DIR}
 )
 """Everything a run writes at the top of its directory."""
 
@@ -87,14 +90,29 @@ def slug(name: str) -> str:
 
 
 def new_run_dir(output_dir: str | Path, recipe_name: str, now: float | None = None) -> Path:
-    """``OUTPUT/<recipe>-<YYYYmmdd-HHMMSS>``, with a numeric suffix if that already exists."""
+    """``OUTPUT/<recipe>-<YYYYmmdd-HHMMSS>``: the name a new run would get (claim it with :func:`claim_new_run_dir`)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    base = Path(output_dir) / f"{slug(recipe_name)}-{stamp}"
+    return Path(output_dir) / f"{slug(recipe_name)}-{stamp}"
+
+
+def claim_new_run_dir(base: Path) -> Path:
+    """Create ``base``, or ``base-1``, ``base-2`` … whichever is free, atomically.
+
+    Two runs of one recipe started in the same second get the same time-stamped
+    name; ``mkdir`` without ``exist_ok`` lets exactly one of them have each name,
+    so neither ever writes into the other's directory.
+    """
+    base.parent.mkdir(parents=True, exist_ok=True)
     candidate, counter = base, 1
-    while candidate.exists():
-        candidate = base.with_name(f"{base.name}-{counter}")
-        counter += 1
-    return candidate
+    while True:
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            candidate = base.with_name(f"{base.name}-{counter}")
+            counter += 1
+            continue
+        (candidate / CHECKPOINT_DIR).mkdir()
+        return candidate
 
 
 def claim_run_dir(path: Path) -> Path:
@@ -107,6 +125,50 @@ def claim_run_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / CHECKPOINT_DIR).mkdir(exist_ok=True)
     return path
+
+
+class RunDirBusyError(DistillError):
+    """Another process is training the run directory (it holds the run's lock)."""
+
+
+class RunDirLock:
+    """An exclusive lock on a run directory, held for as long as a process trains it.
+
+    Two processes training one directory (two ``--resume`` of the same run, a sweep
+    and a hand-started run) would interleave metrics rows, TensorBoard files and
+    checkpoints. The lock is a ``flock`` on ``run.lock``: the kernel releases it
+    when the holder exits, however it exits (SIGKILL included), so a crashed run
+    never leaves a stale lock. The holder writes its PID and host into the file,
+    which a refused process quotes.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._descriptor: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`RunDirBusyError` naming the holder."""
+        import fcntl
+
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(descriptor, 512).decode("utf-8", "replace").strip() or "an unknown process"
+            os.close(descriptor)
+            raise RunDirBusyError(
+                f"run directory {self.path.parent} is being trained by another process ({holder}); "
+                f"wait for it to end or stop it (SIGTERM checkpoints it), then resume"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
+        self._descriptor = descriptor
+
+    def release(self) -> None:
+        """Let go of the lock (closing the file releases the ``flock``); the file itself stays."""
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
 
 
 class MetricsFileError(DistillError):

@@ -42,7 +42,7 @@ from distill.engine.evaluate import Accuracy, evaluate
 from distill.engine.guard import NonFiniteError, StepGuard, StepVerdict
 from distill.engine.loaders import build_datasets, build_loaders
 from distill.engine.metrics import MetricsWriter
-from distill.engine.optim import build_optimizer, build_scheduler
+from distill.engine.optim import UNAPPLICABLE_KEYS, apply_hyperparameters, build_optimizer, build_scheduler
 from distill.engine.progress import Progress
 from distill.engine.resume import (
     ResumeError,
@@ -50,6 +50,7 @@ from distill.engine.resume import (
     check_same_recipe,
     check_same_teacher,
     clear_for_restart,
+    differing_keys,
     plan_run_dir,
     remove_stale_temporaries,
 )
@@ -62,13 +63,16 @@ from distill.engine.rundir import (
     RECIPE_FILE,
     RUN_INFO_FILE,
     SUMMARY_FILE,
+    RunDirLock,
+    claim_new_run_dir,
     claim_run_dir,
     new_run_dir,
+    write_outcome,
 )
 from distill.engine.seeding import seed_everything
 from distill.engine.signals import StopSignals, TrainingStopped
 from distill.engine.teacher import FrozenTeacher
-from distill.errors import CheckpointError, DistillError, RecipeError
+from distill.errors import CheckpointError, DistillError, LossError, RecipeError
 from distill.losses import Batch, InitStage, LossContext, build_loss
 from distill.models import create_model, probe_feature_shapes
 from distill.recipe import Recipe, recipe_to_dict, recipe_to_yaml
@@ -102,8 +106,8 @@ class TrainState:
 class TrainResult:
     """The outcome of a finished run.
 
-    ``final_top1`` is the last epoch's test accuracy: the number the CRD paper
-    reports. ``best_top1`` is selected on the test set and is shown for
+    ``final_top1`` is the last epoch's test accuracy: the protocol of the CRD
+    paper's tables. ``best_top1`` is selected on the test set and is shown for
     information only.
     """
 
@@ -157,6 +161,27 @@ def compile_networks(student: torch.nn.Module, teacher: torch.nn.Module | None, 
         teacher.compile(backend=backend)
 
 
+def static_memory(trainer: Trainer) -> int:
+    """Bytes a run holds on its device before any activation: an estimate for ``--dry-run``.
+
+    Student and loss parameters with their gradients and optimiser state (one
+    buffer per parameter for SGD with momentum, two for AdamW), the teacher's
+    weights, every buffer (memory banks, batch-norm statistics) and the
+    device-resident training and test sets. Activations depend on the batch and
+    are not included.
+    """
+    distiller = trainer.unwrapped
+    per_parameter = 2 if trainer.recipe.optimizer.name == "adamw" else (1 if trainer.recipe.optimizer.momentum else 0)
+    trainable = sum(p.numel() * p.element_size() for p in distiller.trainable_parameters())
+    held = sum(t.numel() * t.element_size() for t in [*distiller.parameters(), *distiller.buffers()])
+    teacher = 0
+    if trainer.teacher is not None:
+        module = trainer.teacher.module
+        teacher = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    data = getattr(trainer.train_loader, "nbytes", 0) + getattr(trainer.test_loader, "nbytes", 0)
+    return held + trainable * (1 + per_parameter) + teacher + data
+
+
 def build_network(role: str, spec: ModelSpec | TeacherSpec, num_classes: int) -> torch.nn.Module:
     """The student's or the teacher's network with its weights; a bad checkpoint names the recipe key."""
     try:
@@ -183,6 +208,7 @@ class Trainer:
         force: bool = False,
         tensorboard: bool = True,
         echo: Callable[[str], None] | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.recipe = recipe
         self.accelerator = make_accelerator(recipe)
@@ -192,10 +218,33 @@ class Trainer:
         # Read by the main process only (the resume check, run.json, checkpoints): hashing is a full file read.
         has_teacher_file = recipe.teacher is not None and recipe.teacher.checkpoint is not None
         self.teacher_sha256 = sha256_file(recipe.teacher.checkpoint) if has_teacher_file and self.is_main else None
-        plan, checkpoint = self._plan(run_dir, force)
-        self._build()  # before the run directory is touched: bad input leaves nothing behind
-        self.run_dir = self._open_run_dir(plan)
+        self._lock: RunDirLock | None = None
+        self._log_file = None
+        self.metrics: MetricsWriter | None = None
+        try:
+            plan, checkpoint = self._plan(run_dir, force)
+            self._build()  # before the run directory is touched: bad input leaves nothing behind
+            if dry_run:
+                self.plan = plan
+                return
+            self.run_dir = self._open_run_dir(plan)
+        except BaseException:
+            self._release_lock()
+            raise
+        finally:
+            if dry_run:
+                self._release_lock()
         self._log_file = (self.run_dir / LOG_FILE).open("a", encoding="utf-8") if self.is_main else None
+        try:
+            self._prepare(plan, checkpoint, tensorboard)
+        except BaseException as error:
+            self._record_end(error)
+            self._close()
+            raise
+
+    def _prepare(self, plan: RunDirPlan, checkpoint: dict | None, tensorboard: bool) -> None:
+        """Everything after the run directory exists: guard, state, and a resumed run's checkpoint."""
+        recipe = self.recipe
         self.state = TrainState()
         self.guard = StepGuard(
             device=self.accelerator.device,
@@ -212,6 +261,7 @@ class Trainer:
         self._resumed_rng: dict | None = None
         self.last_saved = "none (no checkpoint was written yet)"
         self.resumed = plan.resumes
+        self.applied_changes: list[str] = []
         if plan.resumes:
             if checkpoint is None:
                 checkpoint = load_run_checkpoint(plan.checkpoint)
@@ -236,12 +286,15 @@ class Trainer:
         """Fail before any work when a checkpoint the recipe names is missing.
 
         A teacher named through the manifest gets its checkpoint path filled in here, so
-        the run directory's ``recipe.yaml`` records the file that was actually used.
+        the run directory's ``recipe.yaml`` records the file that was actually used; paths
+        become absolute, so that file reproduces the run from any working directory.
         """
         teacher = self.recipe.teacher
         if teacher is not None:
             teacher.checkpoint = resolve_teacher_checkpoint(teacher)
         for role, spec in (("student", self.recipe.student), ("teacher", teacher)):
+            if spec is not None and spec.checkpoint is not None:
+                spec.checkpoint = str(Path(spec.checkpoint).absolute())  # recipe.yaml must work from any folder
             if spec is not None and spec.checkpoint is not None and not Path(spec.checkpoint).is_file():
                 hint = (
                     " Fetch a published teacher ('distill teachers fetch <name>', then use teacher.name=<name>) "
@@ -273,10 +326,14 @@ class Trainer:
         """
         read: dict[str, Any] = {}
 
-        def decide() -> RunDirPlan:
+        def decide() -> tuple[RunDirPlan, list[str]]:
             if run_dir is None:
-                return RunDirPlan(new_run_dir(self.recipe.output_dir, self.recipe.name))
-            plan = plan_run_dir(Path(run_dir))
+                return RunDirPlan(new_run_dir(self.recipe.output_dir, self.recipe.name), auto_named=True), []
+            path = Path(run_dir)
+            if path.is_dir():
+                self._lock_run_dir(path)  # before reading it: another process may be writing it
+            plan = plan_run_dir(path, extend_finished=force)
+            changed: list[str] = []
             if plan.resumes or plan.restart:
                 current = yaml.safe_load(recipe_to_yaml(self.recipe))
                 for difference in check_same_recipe(plan.path, current, force=force):
@@ -300,12 +357,52 @@ class Trainer:
                     if not force:
                         raise ResumeError(f"{message}. Resume with {recorded} process(es), or pass --force.")
                     self._forced.append(message + " (the epoch in progress restarts from its first batch)")
+                changed = differing_keys(checkpoint.get("recipe") or {}, recipe_to_dict(self.recipe))
+                self._check_applicable(plan, checkpoint, changed)
                 read["checkpoint"] = checkpoint
-            return plan
+            return plan, changed
 
         self._forced: list[str] = []
-        plan = self._on_main(decide)
+        plan, self._changed_keys = self._on_main(decide)
         return plan, read.get("checkpoint")
+
+    def _check_applicable(self, plan: RunDirPlan, checkpoint: dict[str, Any], changed: list[str]) -> None:
+        """Refuse, by name, a forced change that a run in progress cannot take (even with ``--force``)."""
+        for key in changed:
+            if key in UNAPPLICABLE_KEYS:
+                raise ResumeError(
+                    f"{key} cannot change when resuming {plan.path}: {UNAPPLICABLE_KEYS[key]}. "
+                    f"Start a new run (another --run-dir) with the new value."
+                )
+        if "data.batch_size" in changed and checkpoint["batch"] > 0:
+            raise ResumeError(
+                f"data.batch_size cannot change in the middle of an epoch ({plan.checkpoint} was written after "
+                f"batch {checkpoint['batch']} of epoch {checkpoint['epoch'] + 1}): the position in the data order "
+                f"would mean other images. Resume with the run's batch size."
+            )
+        epochs = self.recipe.schedule.epochs
+        if epochs < checkpoint["epoch"] or (epochs == checkpoint["epoch"] and checkpoint["batch"] > 0):
+            raise ResumeError(
+                f"schedule.epochs={epochs}, but {plan.path} has already trained {checkpoint['epoch']} epochs; "
+                f"give at least {checkpoint['epoch'] + 1}"
+            )
+        if plan.extends and epochs == checkpoint["epoch"]:
+            raise ResumeError(
+                f"run directory {plan.path} finished its {epochs} epochs: there is nothing to resume. To train it "
+                f"longer: distill train --resume {plan.path} schedule.epochs=N --force, with N > {epochs}"
+            )
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _lock_run_dir(self, path: Path) -> None:
+        """Hold the run directory's lock (main process) for as long as this trainer lives."""
+        if self._lock is None:
+            lock = RunDirLock(path)
+            lock.acquire()
+            self._lock = lock
 
     def _open_run_dir(self, plan: RunDirPlan) -> Path:
         """Create (new run), clear (restart in place) or keep (resume) the run directory."""
@@ -313,18 +410,24 @@ class Trainer:
         def prepare() -> str:
             if plan.resumes:
                 remove_stale_temporaries(plan.path)
-                return str(plan.path)
-            if plan.restart:
+                if plan.extends:
+                    (plan.path / SUMMARY_FILE).unlink()
+                path = plan.path
+            elif plan.restart:
                 clear_for_restart(plan.path)
                 (plan.path / CHECKPOINT_DIR).mkdir()
-                return str(plan.path)
-            try:
-                return str(claim_run_dir(plan.path))
-            except OSError as error:
-                raise DistillError(
-                    f"cannot create run directory {plan.path}: {error.strerror or error}; "
-                    f"choose a writable --run-dir (or output_dir)"
-                ) from None
+                path = plan.path
+            else:
+                try:
+                    path = claim_new_run_dir(plan.path) if plan.auto_named else claim_run_dir(plan.path)
+                except OSError as error:
+                    raise DistillError(
+                        f"cannot create run directory {plan.path}: {error.strerror or error}; "
+                        f"choose a writable --run-dir (or output_dir)"
+                    ) from None
+                self._lock_run_dir(path)
+            write_outcome(path, "running")
+            return str(path)
 
         return Path(self._on_main(prepare))
 
@@ -359,8 +462,15 @@ class Trainer:
         for name, spec in recipe.losses.items():
             try:
                 losses[name] = build_loss(spec.type, context, spec.params)
+            except DistillError:
+                raise
             except ValueError as error:
                 raise RecipeError(f"losses.{name}: cannot build loss {spec.type!r}: {error}") from None
+            except Exception as error:
+                raise LossError(
+                    f"losses.{name}: building loss {spec.type!r} failed: {type(error).__name__}: {error}. "
+                    f"If it is your plugin, fix it; run with 'distill --debug' for the traceback"
+                ) from error
         distiller = Distiller(
             student, losses, {n: s.weight for n, s in recipe.losses.items()}, teacher, channels_last=recipe.channels_last
         )
@@ -384,6 +494,45 @@ class Trainer:
         self.teacher = teacher
         self.num_classes = num_classes
         self.train_size, self.test_size = len(train_set), len(test_set)
+
+    def setup_report(self) -> list[str]:
+        """What a start found, for ``distill train --dry-run``: every check a real start runs, short of training."""
+        recipe, distiller = self.recipe, self.unwrapped
+        plan: RunDirPlan = self.plan
+        if plan.resumes:
+            where = f"{plan.path}: {'extends the finished run' if plan.extends else 'resumes'} from {plan.checkpoint}"
+        elif plan.restart:
+            where = f"{plan.path}: starts over in place (no checkpoint yet)"
+        else:
+            where = f"{plan.path}: a new run" + (" (time-stamped when it starts)" if plan.auto_named else "")
+        lines = [f"run directory   {where}"]
+        if self._forced:
+            lines.append(f"forced          {'; '.join(self._forced)}")
+        if recipe.teacher is not None:
+            lines.append(
+                f"teacher         {recipe.teacher.arch} from {recipe.teacher.checkpoint} (sha256 {self.teacher_sha256}), "
+                f"loaded strictly"
+            )
+        lines.append(
+            f"data            {recipe.data.dataset} at {recipe.data.root}: {self.train_size} train / {self.test_size} "
+            f"test images, {self.num_classes} classes, md5 {'verified' if recipe.data.verify else 'not checked (data.verify=false)'}"
+        )
+        lines.append(f"data path       {self.data_path}")
+        for name, loss in distiller.losses.items():
+            trainable = sum(p.numel() for p in loss.parameters() if p.requires_grad)
+            buffers = sum(b.numel() * b.element_size() for b in loss.buffers())
+            summary = f" | {loss.summary()}" if loss.summary() else ""
+            lines.append(
+                f"loss {name:<10} {recipe.losses[name].type} × {recipe.losses[name].weight:g}: built on the real feature "
+                f"shapes; {trainable:,} trainable parameters, {buffers / 2**20:.1f} MiB of buffers{summary}"
+            )
+        student = sum(p.numel() for p in distiller.student.parameters())
+        teacher = sum(p.numel() for p in self.teacher.module.parameters()) if self.teacher is not None else 0
+        lines.append(f"parameters      student {recipe.student.arch}: {student:,}" + (f"; teacher: {teacher:,}" if teacher else ""))
+        lines.append(f"memory          {static_memory(self) / 2**20:,.0f} MiB on {self.accelerator.device} before activations "
+                     f"(weights, gradients, optimiser state, buffers, device-resident data)")
+        lines.append(f"device          {self.accelerator.device} × {self.accelerator.num_processes} process(es) | {self.speed_settings()}")
+        return lines
 
     @property
     def unwrapped(self) -> Distiller:
@@ -484,6 +633,9 @@ class Trainer:
                 f"resume with the run's own recipe ('distill train --resume {self.run_dir}')"
             ) from None
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.applied_changes = apply_hyperparameters(
+            self.optimizer, self.scheduler, self.recipe.optimizer, self.recipe.schedule, set(self._changed_keys)
+        )
         if self.accelerator.scaler is not None and checkpoint.get("scaler"):
             self.accelerator.scaler.load_state_dict(checkpoint["scaler"])
         state = self.state
@@ -673,10 +825,36 @@ class Trainer:
         try:
             with StopSignals() as signals:
                 self._signals = signals
-                return self._fit()
+                result = self._fit()
+        except BaseException as error:
+            self._record_end(error)
+            raise
         finally:
             self._signals = None
             self._close()
+        return result
+
+    def _record_end(self, error: BaseException | None) -> None:
+        """Say how the run ended, in ``log.txt`` and ``outcome.json`` (main process; best effort on a full disk)."""
+        if not self.is_main:
+            return
+        if error is None:
+            status, message = "finished", ""
+        elif isinstance(error, TrainingStopped):
+            status, message = "stopped", str(error)
+        elif isinstance(error, NonFiniteError):
+            status, message = "nonfinite", str(error)
+        elif isinstance(error, DistillError):
+            status, message = "failed", str(error)
+        else:
+            status, message = "failed", f"{type(error).__name__}: {error}".rstrip(": ")
+        try:
+            if self._log_file is not None:
+                self._log_file.write(f"run ended: {status}" + (f": {message}" if message else "") + "\n")
+                self._log_file.flush()
+            write_outcome(self.run_dir, status, message)
+        except OSError:
+            pass
 
     def _fit(self) -> TrainResult:
         recipe = self.recipe
@@ -697,7 +875,8 @@ class Trainer:
             self._resumed_rng = None
         started = time.perf_counter()
         for epoch in range(self.state.epoch + 1, recipe.schedule.epochs + 1):
-            lr = self.optimizer.param_groups[0]["lr"]
+            group = self.optimizer.param_groups[0]
+            hyperparameters = {key: group[key] for key in ("lr", "momentum", "weight_decay") if key in group}
             record = self.train_epoch(epoch)
             self.scheduler.step()
             accuracy = evaluate(self.unwrapped.student, self.test_loader, self.accelerator)
@@ -706,7 +885,7 @@ class Trainer:
             improved = accuracy.top1 > self.state.best_top1
             if improved:
                 self.state.best_top1, self.state.best_epoch = accuracy.top1, epoch
-            row = {"epoch": epoch, "step": self.state.step, "lr": lr, **record,
+            row = {"epoch": epoch, "step": self.state.step, **hyperparameters, **record,
                    "test/top1": accuracy.top1, "test/top5": accuracy.top5}
             self._end_epoch(row, accuracy, improved)
             if self._stop_agreed or (self._signals is not None and self._signals.requested):
@@ -733,6 +912,8 @@ class Trainer:
                 f"resuming from {self.last_saved}: epoch {self.state.epoch + 1}, batch {self.state.batch + 1}"
                 + (f" | forced: {'; '.join(self._forced)}" if self._forced else "")
             )
+            if self.applied_changes:
+                self.log(f"applied from step {self.state.step + 1}: {'; '.join(self.applied_changes)}")
         self.log(
             f"student {recipe.student.arch}"
             + (f" ← teacher {recipe.teacher.arch}" if recipe.teacher else " (no teacher)")
@@ -812,8 +993,9 @@ class Trainer:
             mean = (accelerator.reduce(total, reduction="sum") / (seen * accelerator.num_processes)).item()
             if not math.isfinite(mean):
                 raise NonFiniteError(
-                    f"the init stage of {name} diverged: its loss became {mean} in init epoch {epoch}; nothing was "
-                    f"saved. Lower init.lr (now {lr:g}) or check the loss's inputs, then run the same command again."
+                    f"the init stage of {name} diverged: its loss became {mean} in init epoch {epoch}; no checkpoint "
+                    f"was written ({self.run_dir} records the failure). Lower init.lr (now {lr:g}) or check the "
+                    f"loss's inputs, then train again (with --run-dir {self.run_dir} it starts over in place)."
                 )
             self.log(f"init {name} epoch {epoch}/{epochs} | loss {mean:.4f}")
             if self.metrics:
@@ -835,16 +1017,18 @@ class Trainer:
 
     def _finish(self, result: TrainResult) -> None:
         self.accelerator.wait_for_everyone()
+        protocol = f"last epoch of {result.epochs}, one run, seed {self.recipe.seed}"
         if self.is_main:
             summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
-            summary["final_top1_note"] = "last-epoch test top-1: the number the CRD paper reports"
+            summary["final_top1_note"] = f"test top-1 of the {protocol} (the protocol of the CRD paper's tables)"
             summary["best_top1_note"] = "best epoch, selected on the test set: for information, do not report"
             (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
         self.log(
-            f"done in {result.seconds / 60:.1f} min | final (last-epoch) top-1 {result.final_top1:.2f} "
-            f"[the number the CRD paper reports] | best top-1 {result.best_top1:.2f} at epoch "
-            f"{result.best_epoch} [selected on the test set] | {result.run_dir}"
+            f"done in {result.seconds / 60:.1f} min | final top-1 {result.final_top1:.2f} [{protocol}] | "
+            f"best top-1 {result.best_top1:.2f} at epoch {result.best_epoch} [selected on the test set: not a result] "
+            f"| {result.run_dir}"
         )
+        self._record_end(None)
 
     def _close(self) -> None:
         """Close the metrics sinks and the log (whatever way the run ended)."""
@@ -854,6 +1038,7 @@ class Trainer:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        self._release_lock()
 
 
 def train(recipe: Recipe, run_dir: str | Path | None = None, **kwargs) -> TrainResult:

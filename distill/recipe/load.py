@@ -153,6 +153,8 @@ def _cross_check(recipe: Recipe, composed: ComposedRecipe) -> None:
     for path, value in non_negative.items():
         if value < 0:
             raise _fail(composed, path, f"must be 0 or more, got {value}")
+    if not 0 <= recipe.seed < 2**32:
+        raise _fail(composed, ("seed",), f"must be an integer from 0 to 2**32 - 1 (NumPy's seed range), got {recipe.seed}")
     if recipe.optimizer.lr <= 0:
         raise _fail(composed, ("optimizer", "lr"), f"must be positive, got {recipe.optimizer.lr}")
     if recipe.schedule.milestones != sorted(recipe.schedule.milestones):
@@ -241,9 +243,24 @@ def validate_composed(composed: ComposedRecipe, default_name: str = "run") -> Re
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     """Read, compose, override and validate a recipe file."""
+    return load_recipe_with_sources(path, overrides)[0]
+
+
+def load_recipe_with_sources(path: str | Path, overrides: Iterable[str] = ()) -> tuple[Recipe, ComposedRecipe]:
+    """:func:`load_recipe`, plus the composed mapping that knows which file (or override) set each key."""
     path = Path(path)
     composed = apply_overrides(compose_file(path), list(overrides))
-    return validate_composed(composed, default_name=recipe_name_from_path(path))
+    return validate_composed(composed, default_name=recipe_name_from_path(path)), composed
+
+
+def flatten_recipe(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves by dotted key; an empty mapping has no leaves (``options: {}`` equals an unset ``options``)."""
+    if isinstance(data, dict):
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(flatten_recipe(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): data}
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>", overrides: Iterable[str] = ()) -> Recipe:
