@@ -9,10 +9,13 @@
 * A local copy whose md5 does not match is reported as a checksum mismatch, also when
   the recipe says ``download: true``, and ``distill teachers verify`` words its data
   advice with its own flags (``--no-verify-data``, ``--data-root``).
+* ``distill fake-cifar`` does not write over an existing CIFAR without ``--force``, and
+  never over files that match the official release.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import shlex
@@ -29,8 +32,9 @@ import torch
 import yaml
 
 from distill.cli.main import EXIT_USER_ERROR, main
-from distill.data import build_dataset, write_fake_cifar
+from distill.data import build_dataset, fake_cifar, write_fake_cifar
 from distill.data.cifar import CIFAR100Dataset
+from distill.data.fake_cifar import ExistingDatasetError
 from distill.data.safe_pickle import RefusedGlobalError, load_restricted
 from distill.errors import DataError
 from distill.models import create_model
@@ -75,6 +79,14 @@ def one_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
 
 
 # --- the restricted unpickler ---------------------------------------------------------------
@@ -319,3 +331,41 @@ def test_teachers_verify_names_its_own_flags_not_recipe_keys(
     line = one_line(capsys.readouterr().err)
     assert f"--data-root should be the directory containing cifar-100-python/: {cifar_root}" in line
     assert "data.root" not in line and "data.download" not in line
+
+
+# --- distill fake-cifar -------------------------------------------------------------------------
+
+
+def fake_cifar_cli(root: Path, *extra: str) -> list[str]:
+    return ["fake-cifar", str(root), "--train", "100", "--test", "100", *extra]
+
+
+def test_fake_cifar_does_not_overwrite_a_dataset_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "cifar-100-python"
+    assert main(fake_cifar_cli(tmp_path, "--seed", "1")) == 0
+    first = contents(folder)
+    capsys.readouterr()
+    assert main(fake_cifar_cli(tmp_path, "--seed", "2")) == EXIT_USER_ERROR
+    line = one_line(capsys.readouterr().err)
+    assert f"{folder} already holds CIFAR files (train, test, meta)" in line and "pass --force" in line
+    assert contents(folder) == first, "the refused run changed the files"
+    assert main(fake_cifar_cli(tmp_path, "--seed", "2", "--force")) == 0
+    assert contents(folder) != first
+    with pytest.raises(ExistingDatasetError, match="overwrite=True"):
+        write_fake_cifar(tmp_path, train_size=100, test_size=100)
+
+
+def test_fake_cifar_never_overwrites_files_matching_the_official_md5(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "cifar-100-python"
+    assert main(fake_cifar_cli(tmp_path)) == 0
+    before = contents(folder)
+    # Stand in for the real release: the official md5 of "train" becomes that of the file on disk.
+    official = [(name, md5(folder / name) if name == "train" else digest) for name, digest in fake_cifar.OFFICIAL_FILES[100][1]]
+    monkeypatch.setitem(fake_cifar.OFFICIAL_FILES, 100, ("cifar-100-python", official))
+    capsys.readouterr()
+    assert main(fake_cifar_cli(tmp_path, "--seed", "5", "--force")) == EXIT_USER_ERROR
+    line = one_line(capsys.readouterr().err)
+    assert f"{folder} holds the real CIFAR: train matches the official MD5" in line and "not even with --force" in line
+    assert contents(folder) == before
