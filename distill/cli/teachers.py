@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from distill.errors import DistillError
+from distill.errors import DataError, DistillError
 from distill.teachers.manifest import (
     STATUSES,
     TeacherManifest,
@@ -19,6 +20,9 @@ from distill.teachers.manifest import (
     load_manifest,
     status,
 )
+
+if TYPE_CHECKING:
+    from distill.data.advice import DataSettings
 
 ALL = "all"
 EXIT_FAILED = 1
@@ -116,7 +120,17 @@ def run_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_data_settings() -> DataSettings:
+    """The data settings of ``distill teachers verify`` as data errors should name them: its flags, no download."""
+    from distill.data.advice import (
+        DataSettings,  # late: distill.data imports torchvision
+    )
+
+    return DataSettings(root="--data-root", skip_verify="pass --no-verify-data", download=None, no_download=None)
+
+
 def run_verify(args: argparse.Namespace) -> int:
+    from distill.data.advice import WordedDataError
     from distill.teachers.verify import verify
 
     manifest = load_manifest(args.manifest)
@@ -133,14 +147,17 @@ def run_verify(args: argparse.Namespace) -> int:
             print(f"not verified, no checkpoint: {', '.join(missing)} (`distill teachers list` says where they go)")
     results = []
     for name in names:
-        result = verify(
-            manifest,
-            name,
-            data_root=args.data_root,
-            verify_data=not args.no_verify_data,
-            tolerance=args.tolerance,
-            batch_size=args.batch_size,
-        )
+        try:
+            result = verify(
+                manifest,
+                name,
+                data_root=args.data_root,
+                verify_data=not args.no_verify_data,
+                tolerance=args.tolerance,
+                batch_size=args.batch_size,
+            )
+        except WordedDataError as error:  # its advice names recipe keys this command does not have
+            raise DataError(error.worded(_verify_data_settings())) from None
         print(result.message)
         results.append(result)
     if args.json:

@@ -23,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets.utils import check_md5
+
+from distill.errors import DataError
 
 #: CIFAR-10's training images are split over this many batch files.
 CIFAR10_TRAIN_BATCHES = 5
@@ -30,6 +34,62 @@ IMAGE_SIDE = 32
 _CHUNK = 4096  # images generated at once, to bound memory for full-size copies
 #: numpy's array reconstructor, whatever module the installed numpy keeps it in.
 _NUMPY_RECONSTRUCT = np.empty(0, dtype=np.uint8).__reduce__()[0]
+
+
+def _official(dataset: type[CIFAR10]) -> tuple[str, list[tuple[str, str]]]:
+    """The folder and the ``(file name, official MD5)`` of every file of a torchvision CIFAR."""
+    entries = [(name, md5) for name, md5 in dataset.train_list + dataset.test_list]
+    return dataset.base_folder, entries + [(dataset.meta["filename"], dataset.meta["md5"])]
+
+
+#: Per number of classes: the folder the real dataset unpacks to, and its files with their official MD5s.
+OFFICIAL_FILES: dict[int, tuple[str, list[tuple[str, str]]]] = {100: _official(CIFAR100), 10: _official(CIFAR10)}
+
+
+class ExistingDatasetError(DataError):
+    """The folder :func:`write_fake_cifar` would write already holds CIFAR files.
+
+    ``official`` names the files that match the real release's MD5: those are never
+    overwritten. Otherwise the files go only with ``overwrite=True``;
+    :meth:`describe` words that for the caller (``--force`` on the command line).
+    """
+
+    def __init__(self, directory: Path, present: list[str], official: list[str]) -> None:
+        self.directory = directory
+        self.present = present
+        self.official = official
+        super().__init__(self.describe("overwrite=True"))
+
+    def describe(self, overwrite: str) -> str:
+        """The message, naming ``overwrite`` as the way to replace a copy that is not the official one."""
+        if self.official:
+            verb = "matches" if len(self.official) == 1 else "match"
+            return (
+                f"{self.directory} holds the real CIFAR: {', '.join(self.official)} {verb} the official MD5. "
+                f"A fake copy is never written over it, not even with {overwrite}: choose another folder "
+                f"for the fake copy"
+            )
+        return (
+            f"{self.directory} already holds CIFAR files ({', '.join(self.present)}); writing a fake copy "
+            f"there would replace them. Choose another folder, or, if they are a fake or unwanted copy, "
+            f"pass {overwrite} to overwrite them"
+        )
+
+
+def check_target(directory: Path, num_classes: int, *, overwrite: bool) -> None:
+    """Refuse to write a fake CIFAR over existing CIFAR files; over the official ones, even with ``overwrite``.
+
+    Raises:
+        ExistingDatasetError: ``directory`` holds CIFAR files, and either ``overwrite``
+            is off or one of them is an official file.
+    """
+    _, expected = OFFICIAL_FILES[num_classes]
+    present = [name for name, _ in expected if (directory / name).is_file()]
+    if not present:
+        return
+    official = [name for name, md5 in expected if name in present and check_md5(str(directory / name), md5)]
+    if official or not overwrite:
+        raise ExistingDatasetError(directory, present, official)
 
 
 class _Python2Pickler(pickle._Pickler):
@@ -117,12 +177,15 @@ def write_fake_cifar(
     train_size: int = 500,
     test_size: int = 100,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Write a fake CIFAR-100 (``num_classes=100``) or CIFAR-10 (``num_classes=10``) under ``root``.
 
     Writes ``root/cifar-100-python/{train,test,meta}`` or
-    ``root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``, replacing
-    files already there. The same ``seed`` gives the same bytes.
+    ``root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``. Files of
+    a CIFAR already there are replaced only with ``overwrite=True``, and files that
+    match the official release are never replaced (see :func:`check_target`). The
+    same ``seed`` gives the same bytes.
 
     Returns:
         ``root``, the directory to give as the recipe's ``data.root`` (with
@@ -131,6 +194,7 @@ def write_fake_cifar(
     Raises:
         ValueError: ``num_classes`` is not 10 or 100, or a split is too small to hold
             every class.
+        ExistingDatasetError: the target folder already holds CIFAR files (nothing is written).
     """
     if num_classes not in (10, 100):
         raise ValueError(f"num_classes must be 10 (CIFAR-10) or 100 (CIFAR-100), got {num_classes}")
@@ -139,6 +203,9 @@ def write_fake_cifar(
             raise ValueError(
                 f"{split} must be at least num_classes ({num_classes}) so every class appears, got {size}"
             )
+    root = Path(root).expanduser()
+    folder, _ = OFFICIAL_FILES[num_classes]
+    check_target(root / folder, num_classes, overwrite=overwrite)
     rng = np.random.default_rng(seed)
     patterns = _ClassPatterns(num_classes, rng)
     train_labels = _spread_labels(train_size, num_classes, rng)
@@ -146,11 +213,8 @@ def write_fake_cifar(
     train_images = patterns.render(train_labels, rng)
     test_images = patterns.render(test_labels, rng)
 
-    root = Path(root).expanduser()
-    if num_classes == 100:
-        _write_cifar100(root / "cifar-100-python", train_labels, train_images, test_labels, test_images)
-    else:
-        _write_cifar10(root / "cifar-10-batches-py", train_labels, train_images, test_labels, test_images)
+    write = _write_cifar100 if num_classes == 100 else _write_cifar10
+    write(root / folder, train_labels, train_images, test_labels, test_images)
     return root
 
 
