@@ -387,3 +387,92 @@ def test_cli_without_runs_exits_2_with_a_hint(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"no runs found under {empty}" in err and "distill train" in err
     assert not (tmp_path / "out").exists()
+
+
+# --- failed runs (outcome.json) ---------------------------------------------------------------------
+
+
+def failed_runs(root: Path) -> dict[str, Path]:
+    """Beside ``runs_dir``: runs an error ended, one stopped on request, one killed without a word."""
+    from distill.engine.rundir import write_outcome
+
+    nonfinite = write_run(root / "crd" / R32_R8 / "seed3", f"cifar100/crd/{R32_R8}", "resnet8x4", "resnet32x4", 3, [20.0, 25.0])
+    write_outcome(nonfinite, "nonfinite", "non-finite loss in epoch 3, batch 7 (loss/crd = nan)")
+    # Errored right after its directory was made: a recipe, no epoch, an empty checkpoints/.
+    early = write_run(root / "kd" / VGG / "seed2", f"cifar100/kd/{VGG}", "vgg8", "vgg13", 2, [])
+    (early / "checkpoints").mkdir()
+    write_outcome(early, "failed", "Traceback (most recent call last):\n  ...\nRuntimeError: CUDA error: out of memory\n")
+    stopped = write_run(root / "kd" / VGG / "seed3", f"cifar100/kd/{VGG}", "vgg8", "vgg13", 3, [30.0])
+    write_outcome(stopped, "stopped", "stopped by SIGTERM in epoch 2")
+    killed = write_run(root / "kd" / VGG / "seed4", f"cifar100/kd/{VGG}", "vgg8", "vgg13", 4, [31.0])
+    write_outcome(killed, "running")
+    # An error before the run wrote its recipe: only outcome.json (and checkpoints/) exist.
+    no_recipe = root / "crd" / VGG / "seed9"
+    (no_recipe / "checkpoints").mkdir(parents=True)
+    write_outcome(no_recipe, "failed", "DataError: CIFAR-100 not found")
+    # Starting: outcome.json says running, the recipe is not written yet (nothing to report).
+    starting = root / "crd" / VGG / "seed8"
+    starting.mkdir(parents=True)
+    write_outcome(starting, "running")
+    return {"nonfinite": nonfinite, "early": early, "stopped": stopped, "killed": killed, "no_recipe": no_recipe}
+
+
+def test_runs_an_error_ended_are_failed_not_incomplete(runs_dir):
+    dirs = failed_runs(runs_dir)
+    warnings: list[str] = []
+    records = {r.path: r for r in find_runs([runs_dir], warn=warnings.append)}
+    assert warnings == []
+    assert {path for path, r in records.items() if r.failed} == {dirs["nonfinite"], dirs["early"], dirs["no_recipe"]}
+    assert not records[dirs["stopped"]].failed and not records[dirs["killed"]].failed
+    assert records[dirs["nonfinite"]].outcome.status == "nonfinite"
+    assert records[dirs["no_recipe"]].recipe_missing
+    assert runs_dir / "crd" / VGG / "seed8" not in records
+
+
+def test_failed_runs_are_counted_apart_and_never_averaged(runs_dir):
+    failed_runs(runs_dir)
+    cells = aggregate(find_runs([runs_dir]))
+    crd = cells["crd", R32_R8]
+    assert (crd.values, crd.incomplete_seeds, crd.failed_seeds) == ((75.40, 75.00), (2,), (3,))
+    kd = cells["kd", VGG]
+    assert (kd.values, kd.incomplete_seeds, kd.failed_seeds) == ((72.50, 73.00), (3, 4), (2,))
+    assert cells["crd", VGG].failed_seeds == ()  # the run without a recipe belongs to no cell
+    rows = {(r["method"], r["task"]): r for r in csv_rows(cells, load_published())}
+    assert (rows["crd", R32_R8]["n_incomplete"], rows["crd", R32_R8]["n_failed"]) == ("1", "1")
+    assert (rows["kd", VGG]["n_incomplete"], rows["kd", VGG]["n_failed"]) == ("2", "1")
+
+
+def test_report_lists_failed_runs_with_their_error_apart_from_incomplete_ones(runs_dir):
+    dirs = failed_runs(runs_dir)
+    markdown = render_markdown(find_runs([runs_dir]), load_published())
+    incomplete = markdown.split("## Incomplete runs (not averaged)")[1].split("##")[0]
+    failed = markdown.split("## Failed runs")[1].split("##")[0]
+    assert f"`{dirs['stopped']}`" in incomplete and f"`{dirs['killed']}`" in incomplete
+    assert f"crd / {R32_R8}, seed 2: epoch 3/240" in incomplete
+    for name in ("nonfinite", "early", "no_recipe"):
+        assert f"`{dirs[name]}`" not in incomplete and f"`{dirs[name]}`" in failed, name
+    assert (
+        f"- crd / {R32_R8}, seed 3: nonfinite after epoch 2/240 \u2014 `{dirs['nonfinite']}`: "
+        "non-finite loss in epoch 3, batch 7 (loss/crd = nan)"
+    ) in failed
+    assert (
+        f"- kd / {VGG}, seed 2: failed after epoch 0/240 \u2014 `{dirs['early']}`: "
+        "Traceback (most recent call last): | ... | RuntimeError: CUDA error: out of memory"
+    ) in failed
+    assert f"- `{dirs['no_recipe']}` (failed, before it wrote its recipe): DataError: CIFAR-100 not found" in failed
+    assert expected_cell("crd", R32_R8, 75.51, incomplete=1).replace("<br>paper", "<br>+1 failed<br>paper") in markdown
+
+
+def test_a_cell_with_only_failed_runs_says_so(tmp_path):
+    from distill.engine.rundir import write_outcome
+
+    write_outcome(write_run(tmp_path / "a", f"cifar100/dkd/{VGG}", "vgg8", "vgg13", 0, []), "failed", "boom")
+    write_run(tmp_path / "b", f"cifar100/dkd/{VGG}", "vgg8", "vgg13", 1, [31.0])
+    table = results_table(aggregate(find_runs([tmp_path])), load_published())
+    assert "\u2014 (1 incomplete, 1 failed)<br>paper 74.68" in table
+
+
+def test_cli_counts_failed_runs_apart(runs_dir, tmp_path, capsys):
+    failed_runs(runs_dir)
+    assert main(["report", str(runs_dir), "--output", str(tmp_path / "out"), "--no-figures"]) == 0
+    assert "16 run(s), 10 complete, 3 incomplete, 3 failed" in capsys.readouterr().out

@@ -95,12 +95,15 @@ def test_bad_method_is_a_clear_error(capsys, tmp_path):
     assert "crdd" in message and "Did you mean 'crd'" in message
 
 
-def test_dry_run_prints_the_grid_and_runs_nothing(tmp_path, capsys):
-    assert main(["sweep", "--tasks", "all", "--methods", "kd,crd,ml_cpc", "--seeds", "0,1,2", "--output", str(tmp_path), "--dry-run"]) == 0
+def test_dry_run_prints_the_grid_and_runs_nothing(tiny_cifar, random_teachers, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(MANIFEST_ENV, str(random_teachers))
+    output = tmp_path / "sweep"
+    arguments = ["sweep", "--tasks", "all", "--methods", "kd,crd,ml_cpc", "--seeds", "0,1,2", "--output", str(output)]
+    assert main([*arguments, *overrides(tiny_cifar), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "117 runs: 0 done, 0 unfinished, 117 pending" in out  # 13 tasks × 3 methods × 3 seeds
-    assert "ml_cpc wrn_40_2-ShuffleV1 seed 2" in out
-    assert not any(tmp_path.iterdir())
+    assert "117 runs: 0 done, 0 unfinished, 0 failed, 117 pending; 0 with problems" in out  # 13 tasks × 3 methods × 3 seeds
+    assert "ml_cpc wrn_40_2-ShuffleV1 seed 2" in out and "problem:" not in out
+    assert not output.exists()
 
 
 def test_every_run_of_the_sweep_is_a_finished_run_directory(swept):

@@ -8,6 +8,8 @@ Layout: one column per teacher→student task, in the paper's order, one row per
 method. A cell holds our mean ± sample std over seeds, the number of finished
 runs, the published number and our difference to it. Runs that have not finished
 are counted and shown, never averaged in: a half-trained run would drag a mean down.
+Runs that an error ended (``outcome.json`` says ``failed`` or ``nonfinite``) are
+no result at all: counted apart from the unfinished ones and listed with their error.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ NOTHING_FINISHED = "\u2014"
 TASK_NAMES = tuple(task.name for task in TASKS)
 
 CSV_COLUMNS = (
-    "method", "task", "teacher", "student", "metric", "n_complete", "n_incomplete", "seeds",
+    "method", "task", "teacher", "student", "metric", "n_complete", "n_incomplete", "n_failed", "seeds",
     "mean", "std", "published", "delta", "published_source",
 )  # fmt: skip
 
@@ -52,7 +54,7 @@ CellKey = tuple[str, str]
 
 @dataclass(frozen=True)
 class Cell:
-    """The runs of one (method, task): the metric of each finished run, and how many have not finished."""
+    """The runs of one (method, task): the metric of each finished run, and how many have not finished or failed."""
 
     method: str
     task: str
@@ -62,8 +64,11 @@ class Cell:
     seeds: tuple[int | None, ...]
     """Seeds of the finished runs, in the order of ``values``."""
     incomplete_seeds: tuple[int | None, ...]
+    """Seeds of the runs that have not finished yet (running, stopped, or killed without a word)."""
     epochs: tuple[int, ...]
     """Distinct epoch counts of the finished runs."""
+    failed_seeds: tuple[int | None, ...] = ()
+    """Seeds of the runs an error ended (see :attr:`RunRecord.failed`)."""
 
     @property
     def n_complete(self) -> int:
@@ -72,6 +77,10 @@ class Cell:
     @property
     def n_incomplete(self) -> int:
         return len(self.incomplete_seeds)
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failed_seeds)
 
     @property
     def mean(self) -> float | None:
@@ -108,12 +117,17 @@ def record_cells(record: RunRecord) -> list[tuple[str, str | None, str]]:
 
 
 def aggregate(records: Iterable[RunRecord], metric: Metric = "final") -> dict[CellKey, Cell]:
-    """Group runs by (method, task); finished runs give values, unfinished ones are only counted."""
+    """Group runs by (method, task); finished runs give values, unfinished and failed ones are only counted.
+
+    A run that failed before writing its recipe belongs to no cell (its method and task are unknown).
+    """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     groups: dict[CellKey, list[RunRecord]] = defaultdict(list)
     archs: dict[CellKey, tuple[str | None, str]] = {}
     for record in records:
+        if record.recipe_missing:
+            continue
         for task, teacher, student in record_cells(record):
             groups[record.method, task].append(record)
             archs[record.method, task] = (teacher, student)
@@ -130,8 +144,9 @@ def aggregate(records: Iterable[RunRecord], metric: Metric = "final") -> dict[Ce
             student_arch=archs[key][1],
             values=tuple(value for _, value, _ in finished),
             seeds=tuple(seed for seed, _, _ in finished),
-            incomplete_seeds=tuple(r.seed for r in group if record_value(r, metric) is None),
+            incomplete_seeds=tuple(r.seed for r in group if record_value(r, metric) is None and not r.failed),
             epochs=tuple(sorted({epochs for _, _, epochs in finished})),
+            failed_seeds=tuple(r.seed for r in group if r.failed),
         )
     return cells
 
@@ -194,13 +209,19 @@ def header_cell(task: str, archs: tuple[str | None, str] | None, published: Publ
     return task
 
 
+def not_finished_counts(cell: Cell) -> list[str]:
+    """``["2 incomplete", "1 failed"]``: the runs of a cell that give no number, by kind (none left out)."""
+    counts = [(cell.n_incomplete, "incomplete"), (cell.n_failed, "failed")]
+    return [f"{count} {kind}" for count, kind in counts if count]
+
+
 def ours_text(cell: Cell) -> str:
-    """``75.33 ± 0.20 (n=3)``, ``75.33 ± – (n=1)``, or ``— (2 incomplete)`` when no run finished."""
+    """``75.33 ± 0.20 (n=3)``, ``75.33 ± – (n=1)``, or ``— (2 incomplete, 1 failed)`` when no run finished."""
     if cell.mean is None:
-        return f"{NOTHING_FINISHED} ({cell.n_incomplete} incomplete)"
+        return f"{NOTHING_FINISHED} ({', '.join(not_finished_counts(cell))})"
     text = f"{format_number(cell.mean)} \u00b1 {format_number(cell.std)} (n={cell.n_complete})"
-    if cell.n_incomplete:
-        text += f"<br>+{cell.n_incomplete} incomplete"
+    for count in not_finished_counts(cell):
+        text += f"<br>+{count}"
     if cell.epochs and cell.epochs != (REFERENCE_EPOCHS,):
         unit = "epoch" if cell.epochs == (1,) else "epochs"
         text += f"<br>{', '.join(map(str, cell.epochs))} {unit} (paper: {REFERENCE_EPOCHS})"
@@ -322,7 +343,8 @@ def title_block(metric: Metric, published: PublishedResults) -> str:
     legend = (
         "Cells: mean \u00b1 sample standard deviation (n\u22121) over the finished runs "
         f"(n = how many; {NO_VALUE} when n=1), then the published number and, in brackets, ours \u2212 paper. "
-        "Runs without summary.json are incomplete: counted (`+k incomplete`), never averaged. "
+        "Runs without summary.json are incomplete: counted (`+k incomplete`), never averaged; runs an error "
+        "ended are counted apart (`+k failed`) and listed under Failed runs. "
         "Column headers: teacher \u2192 student, with the published accuracies of the teacher (T) and "
         "of the student trained alone (S)."
     )
@@ -349,10 +371,10 @@ def sources_legend(published: PublishedResults) -> str:
 
 
 def incomplete_section(records: Iterable[RunRecord]) -> str:
-    """A list of the runs that have not finished, with their progress and folder."""
+    """A list of the runs that have not finished (and did not fail), with their progress and folder."""
     lines = []
     for record in records:
-        if record.complete:
+        if record.complete or record.failed:
             continue
         planned = record.epochs_planned if record.epochs_planned is not None else "?"
         seed = NO_VALUE if record.seed is None else record.seed
@@ -361,6 +383,31 @@ def incomplete_section(records: Iterable[RunRecord]) -> str:
     if not lines:
         return ""
     return "## Incomplete runs (not averaged)\n\n" + "\n".join(lines)
+
+
+def one_line(message: str) -> str:
+    """A message's non-empty lines joined with `` | ``, so that it fits one list item."""
+    return " | ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def failed_section(records: Iterable[RunRecord]) -> str:
+    """A list of the runs that an error ended: which run, how far it got, its folder and the error."""
+    lines = []
+    for record in records:
+        outcome = record.outcome
+        if outcome is None or not record.failed:
+            continue
+        message = one_line(outcome.message) or "(no message recorded)"
+        if record.recipe_missing:
+            lines.append(f"- `{record.path}` ({outcome.status}, before it wrote its recipe): {message}")
+            continue
+        planned = record.epochs_planned if record.epochs_planned is not None else "?"
+        seed = NO_VALUE if record.seed is None else record.seed
+        where = f"{outcome.status} after epoch {record.epochs_done}/{planned}"
+        lines.append(f"- {record.method} / {record.task}, seed {seed}: {where} \u2014 `{record.path}`: {message}")
+    if not lines:
+        return ""
+    return "## Failed runs (an error ended them; not averaged)\n\n" + "\n".join(lines)
 
 
 def figures_section(figures: Sequence[str]) -> str:
@@ -379,7 +426,7 @@ def render_markdown(
     all_tasks: bool = False,
     figures: Sequence[str] = (),
 ) -> str:
-    """The whole report: legend, results table, differences to the paper, incomplete runs, figure links."""
+    """The whole report: legend, results table, differences to the paper, incomplete and failed runs, figures."""
     cells = aggregate(records, metric)
     parts = [
         title_block(metric, published),
@@ -389,7 +436,7 @@ def render_markdown(
         summary = delta_summary(cells, published)
         if summary:
             parts.append("## Difference to the paper, per method (ours \u2212 paper)\n\n" + summary)
-    parts += [incomplete_section(records), figures_section(figures)]
+    parts += [incomplete_section(records), failed_section(records), figures_section(figures)]
     return "\n\n".join(part for part in parts if part) + "\n"
 
 
@@ -422,6 +469,7 @@ def csv_rows(
                     "metric": metric,
                     "n_complete": str(cell.n_complete),
                     "n_incomplete": str(cell.n_incomplete),
+                    "n_failed": str(cell.n_failed),
                     "seeds": " ".join("?" if seed is None else str(seed) for seed in cell.seeds),
                     "mean": _csv_number(cell.mean, 4),
                     "std": _csv_number(cell.std, 4),

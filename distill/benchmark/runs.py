@@ -1,9 +1,10 @@
 """Reading the run directories that ``distill train`` writes, for reports.
 
 A run directory holds ``recipe.yaml`` (the resolved recipe), ``metrics.jsonl`` (one
-JSON row per record) and, once training finished, ``summary.json``. This module
-turns each into a :class:`RunRecord`: which method and benchmark task the run
-belongs to, whether it finished, its accuracies and its test-accuracy curve.
+JSON row per record), ``outcome.json`` (how its last process ended) and, once
+training finished, ``summary.json``. This module turns each into a :class:`RunRecord`:
+which method and benchmark task the run belongs to, whether it finished or an error
+ended it, its accuracies and its test-accuracy curve.
 
 A damaged run must not sink a report over hundreds of others, so unreadable
 files skip that run with a warning that names the file.
@@ -20,7 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from distill.benchmark.tasks import TASKS
-from distill.engine.rundir import RECIPE_FILE, SUMMARY_FILE, MetricsFileError, is_finished, read_metrics
+from distill.engine.rundir import (
+    OUTCOME_FILE,
+    RECIPE_FILE,
+    SUMMARY_FILE,
+    MetricsFileError,
+    RunOutcome,
+    is_finished,
+    read_metrics,
+    read_outcome,
+)
 from distill.errors import DistillError
 from distill.recipe.yaml_io import read_yaml_file
 
@@ -61,6 +71,15 @@ class RunRecord:
     """(epoch, test top-1) for every finished epoch, in epoch order."""
     teacher_top1_measured: float | None
     """The teacher's test top-1 measured before training (the ``epoch: 0`` row), if logged."""
+    outcome: RunOutcome | None = None
+    """How the run's last process ended (``outcome.json``); None for runs from before it was recorded."""
+    recipe_missing: bool = False
+    """An error ended the run before it wrote ``recipe.yaml``: method, task and archs are unknown (empty)."""
+
+    @property
+    def failed(self) -> bool:
+        """An error (not a stop signal, not a kill) ended the run before it finished: it is no result at all."""
+        return not self.complete and self.outcome is not None and self.outcome.ended_badly
 
 
 def default_warn(message: str) -> None:
@@ -189,15 +208,55 @@ def read_run(run_dir: Path) -> RunRecord:
         epochs_planned=planned if isinstance(planned, int) and not isinstance(planned, bool) else None,
         curve=curve,
         teacher_top1_measured=measured_teacher_top1(rows),
+        outcome=read_outcome(run_dir),
+    )
+
+
+def failed_before_recipe(run_dir: Path, outcome: RunOutcome) -> RunRecord:
+    """A run that an error ended before it wrote ``recipe.yaml``: only its folder and outcome are known."""
+    return RunRecord(
+        path=run_dir,
+        name="",
+        method="",
+        task="",
+        teacher_arch=None,
+        student_arch="",
+        seed=None,
+        complete=False,
+        final_top1=None,
+        best_top1=None,
+        epochs_done=0,
+        epochs_planned=None,
+        curve=(),
+        teacher_top1_measured=None,
+        outcome=outcome,
+        recipe_missing=True,
     )
 
 
 def run_directories(root: Path) -> Iterator[Path]:
-    """Every directory under ``root`` (itself included) that holds a ``recipe.yaml``, skipping ``_base_`` folders."""
+    """Every directory under ``root`` (itself included) that holds a ``recipe.yaml`` or an ``outcome.json``.
+
+    ``_base_`` folders (recipe fragments, not runs) are skipped.
+    """
     for current, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d != "_base_")
-        if RECIPE_FILE in files:
+        if RECIPE_FILE in files or OUTCOME_FILE in files:
             yield Path(current)
+
+
+def read_run_directory(run_dir: Path) -> RunRecord | None:
+    """:func:`read_run`, or for a folder without ``recipe.yaml`` a failed record if an error ended it, else None.
+
+    A run without a recipe that did not fail has just started (or was killed while starting):
+    there is nothing to report yet.
+    """
+    if (run_dir / RECIPE_FILE).is_file():
+        return read_run(run_dir)
+    outcome = read_outcome(run_dir)
+    if outcome is not None and outcome.ended_badly:
+        return failed_before_recipe(run_dir, outcome)
+    return None
 
 
 def find_runs(paths: Iterable[Path | str], warn: Warn = default_warn) -> list[RunRecord]:
@@ -220,9 +279,12 @@ def find_runs(paths: Iterable[Path | str], warn: Warn = default_warn) -> list[Ru
                 continue
             seen.add(key)
             try:
-                records.append(read_run(run_dir))
+                record = read_run_directory(run_dir)
             except RunReadError as error:
                 warn(f"skipping run {run_dir}: {error}")
+                continue
+            if record is not None:
+                records.append(record)
     if not records:
         given = ", ".join(str(root) for root in roots)
         raise DistillError(

@@ -7,6 +7,12 @@ safe to interrupt and re-run: a cell whose run directory holds ``summary.json``
 (written only when a run finishes) is skipped, a cell with an unfinished run is
 resumed exactly from its last checkpoint (see :mod:`distill.engine.resume`), and
 the rest run in grid order.
+
+A cell whose run directory was run (or started) with settings that change the result,
+compared with the recipe and overrides the sweep runs now, is neither skipped as done
+nor trained: it is reported, and the sweep's exit status says so. ``--dry-run`` runs
+every check a real start runs (see :mod:`distill.benchmark.preflight`) and lists the
+problems of each cell.
 """
 
 from __future__ import annotations
@@ -17,16 +23,30 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from distill.benchmark.preflight import (
+    DataChecks,
+    load_cell_recipe,
+    run_dir_problems,
+    settings_differences,
+    start_problems,
+)
 from distill.benchmark.tasks import TASKS, get_task
-from distill.engine.rundir import LAST_CHECKPOINT, is_finished
+from distill.engine.rundir import LAST_CHECKPOINT, RECIPE_FILE, is_finished, read_outcome
 from distill.engine.signals import TrainingStopped
 from distill.errors import DistillError
 from distill.registry import did_you_mean
 
-DONE, UNFINISHED, PENDING = "done", "unfinished", "pending"
+DONE, UNFINISHED, FAILED, PENDING = "done", "unfinished", "failed", "pending"
+STATUSES = (DONE, UNFINISHED, FAILED, PENDING)
+"""``failed``: an error ended the cell's last run (``outcome.json``); the sweep retries it like an unfinished one."""
+
+OTHER_SETTINGS_ADVICE = (
+    "To run these cells with the settings given now, use another --output (a new runs directory) or delete "
+    "their run directories; to keep them, sweep with the overrides they were run with."
+)
 
 
 @dataclass(frozen=True)
@@ -115,11 +135,76 @@ def plan(
 
 
 def cell_status(cell: SweepCell) -> str:
+    """One of :data:`STATUSES`, from the cell's run directory alone."""
     if is_finished(cell.run_dir):
         return DONE
-    if cell.run_dir.exists() and any(cell.run_dir.iterdir()):
+    if cell.run_dir.is_dir() and any(cell.run_dir.iterdir()):
+        outcome = read_outcome(cell.run_dir)
+        return FAILED if outcome is not None and outcome.ended_badly else UNFINISHED
+    if cell.run_dir.exists():  # a file where the run directory should be: the run cannot start
         return UNFINISHED
     return PENDING
+
+
+def last_line(message: str) -> str:
+    """The last non-empty line of an error message (a traceback's last line names the error)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def other_settings(cell: SweepCell, overrides: Sequence[str]) -> list[str]:
+    """How the run in the cell's directory differs from the one the sweep would run now (empty: same result).
+
+    Raises :class:`DistillError` when the sweep's recipe does not load or the recorded one cannot be read.
+    """
+    if not (cell.run_dir / RECIPE_FILE).is_file():
+        return []
+    return settings_differences(cell.run_dir, load_cell_recipe(cell.recipe, overrides, cell.seed))
+
+
+def other_settings_message(cell: SweepCell, differences: Sequence[str], finished: bool) -> str:
+    """``kd resnet56-resnet20 seed 0 (runs/...): finished with other settings: schedule.epochs: run has 2, now 3``."""
+    what = "finished" if finished else "started"
+    return f"{cell.label} ({cell.run_dir}): {what} with other settings: {'; '.join(differences)}"
+
+
+@dataclass(frozen=True)
+class CellCheck:
+    """A cell's status and everything that would stop the sweep from running it (or counting it as done)."""
+
+    cell: SweepCell
+    status: str
+    problems: tuple[str, ...]
+
+
+def check_cell(cell: SweepCell, overrides: Sequence[str], data: DataChecks) -> CellCheck:
+    """Every check a real sweep and start run on ``cell``, short of training; all problems, not the first.
+
+    A finished cell is only checked for its settings (a sweep never trains it again).
+    Problems with the recipe itself stop the checks that need the recipe.
+    """
+    status = cell_status(cell)
+    problems = [] if status == DONE else run_dir_problems(cell.run_dir)
+    try:
+        recipe = load_cell_recipe(cell.recipe, overrides, cell.seed)
+    except DistillError as error:
+        return CellCheck(cell, status, (*problems, f"recipe {cell.recipe}: {error}"))
+    what = "finished" if status == DONE else "started"
+    try:
+        differences = settings_differences(cell.run_dir, recipe) if cell.run_dir.is_dir() else []
+    except DistillError as error:
+        problems.append(str(error))
+    else:
+        problems += [f"{what} with other settings: {difference}" for difference in differences]
+    if status != DONE:
+        problems += start_problems(recipe, data)
+    return CellCheck(cell, status, tuple(problems))
+
+
+def check_cells(cells: Iterable[SweepCell], overrides: Sequence[str]) -> list[CellCheck]:
+    """:func:`check_cell` for every cell, reading each distinct dataset once."""
+    data = DataChecks()
+    return [check_cell(cell, overrides, data) for cell in cells]
 
 
 def train_arguments(cell: SweepCell, overrides: Sequence[str], tensorboard: bool) -> list[str]:
@@ -151,8 +236,8 @@ def run_subprocess(cell: SweepCell, overrides: Sequence[str], tensorboard: bool,
     with log_file.open("w", encoding="utf-8") as log:
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     if code != 0:
-        tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
-        raise DistillError(f"exit status {code}; see {log_file}: {' | '.join(tail)}")
+        error = last_line(log_file.read_text(encoding="utf-8", errors="replace"))
+        raise DistillError(f"exit status {code}; see {log_file}: {error}")
 
 
 @dataclass
@@ -160,6 +245,8 @@ class SweepOutcome:
     done: list[SweepCell]
     skipped: list[SweepCell]
     failed: list[tuple[SweepCell, str]]
+    other_settings: list[tuple[SweepCell, str]] = field(default_factory=list)
+    """Cells not run because their run directory holds a run with other settings (the message says which)."""
 
 
 def run_sweep(
@@ -175,6 +262,8 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run every cell that has not finished: in this process (``jobs=1``) or as ``jobs`` processes.
 
+    A cell whose run directory holds a run (finished or not) with settings other than those
+    the sweep would run now is not run and not counted as done: it goes to ``other_settings``.
     With processes, ``devices`` (e.g. ``["0", "1"]``) are handed out round-robin through
     ``CUDA_VISIBLE_DEVICES``. A failed cell is reported and the sweep goes on, unless
     ``fail_fast``. SIGTERM/SIGINT stop the sweep after the running cell checkpointed; the next
@@ -185,14 +274,31 @@ def run_sweep(
     todo = []
     for cell in cells:
         status = cell_status(cell)
+        try:
+            differences = other_settings(cell, overrides)
+        except DistillError as error:
+            if status == DONE:  # it cannot be told apart from a run of other settings: not counted as done
+                _record_failure(outcome, cell, str(error), echo)
+                continue
+            differences = []  # running the cell reports the same error
+        if differences:
+            message = other_settings_message(cell, differences, finished=status == DONE)
+            outcome.other_settings.append((cell, message))
+            echo(f"NOT RUN {message}")
+            continue
         if status == DONE:
             outcome.skipped.append(cell)
             continue
-        if status == UNFINISHED:  # the trainer resumes it exactly (or starts it over if it had no checkpoint yet)
+        if status in (UNFINISHED, FAILED):  # the trainer resumes it exactly (or starts it over without a checkpoint)
             how = "from its last checkpoint" if (cell.run_dir / LAST_CHECKPOINT).is_file() else "from the start"
-            echo(f"resuming unfinished run {cell.run_dir} {how}")
+            ended = read_outcome(cell.run_dir)
+            if status == FAILED and ended is not None:
+                echo(f"retrying failed run {cell.run_dir} {how} (it ended: {last_line(ended.message) or ended.status})")
+            else:
+                echo(f"resuming unfinished run {cell.run_dir} {how}")
         todo.append(cell)
-    echo(f"sweep: {len(cells)} runs, {len(outcome.skipped)} already finished, {len(todo)} to run")
+    other = f", {len(outcome.other_settings)} with other settings (not run)" if outcome.other_settings else ""
+    echo(f"sweep: {len(cells)} runs, {len(outcome.skipped)} already finished{other}, {len(todo)} to run")
     if jobs <= 1:
         for number, cell in enumerate(todo, start=1):
             echo(f"[{number}/{len(todo)}] {cell.label} → {cell.run_dir}")
@@ -240,15 +346,20 @@ def _record_failure(outcome: SweepOutcome, cell: SweepCell, message: str, echo: 
     echo(f"FAILED {cell.label}: {message}")
 
 
-def format_plan(cells: Sequence[SweepCell], absent: Sequence[tuple[str, str]]) -> str:
-    """The grid as text: one line per run with its status, then the cells without a recipe."""
-    width = max((len(cell.label) for cell in cells), default=0)
-    lines = [f"{cell.label:<{width}}  {cell_status(cell):<10}  {cell.run_dir}" for cell in cells]
+def format_plan(checks: Sequence[CellCheck], absent: Sequence[tuple[str, str]]) -> str:
+    """The grid as text: one line per run with its status and, indented below, its problems; then the totals."""
+    width = max((len(check.cell.label) for check in checks), default=0)
+    lines = []
+    for check in checks:
+        lines.append(f"{check.cell.label:<{width}}  {check.status:<10}  {check.cell.run_dir}")
+        for problem in check.problems:
+            lines.append("    problem: " + problem.replace("\n", "\n      "))
     if absent:
         lines.append("no recipe (method not applicable to the task): " + ", ".join(f"{m} {t}" for m, t in absent))
-    counts = {status: sum(cell_status(c) == status for c in cells) for status in (DONE, UNFINISHED, PENDING)}
+    counts = {status: sum(check.status == status for check in checks) for status in STATUSES}
+    with_problems = sum(bool(check.problems) for check in checks)
     lines.append(
-        f"{len(cells)} runs: {counts[DONE]} done, {counts[UNFINISHED]} unfinished, {counts[PENDING]} pending "
-        f"({time.strftime('%Y-%m-%d %H:%M')})"
+        f"{len(checks)} runs: {counts[DONE]} done, {counts[UNFINISHED]} unfinished, {counts[FAILED]} failed, "
+        f"{counts[PENDING]} pending; {with_problems} with problems ({time.strftime('%Y-%m-%d %H:%M')})"
     )
     return "\n".join(lines)

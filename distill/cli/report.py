@@ -53,13 +53,15 @@ def run(args: argparse.Namespace) -> int:
     published = load_published()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    figures = [] if args.no_figures else draw_figures(records, out / "figures", out)
+    plotted = [record for record in records if not record.failed]  # drawn dashed, a failed run would pass for an unfinished one
+    figures = [] if args.no_figures else draw_figures(plotted, out / "figures", out)
     markdown = render_markdown(records, published, args.metric, args.all_tasks, figures)
     (out / "report.md").write_text(markdown, encoding="utf-8")
     write_csv(out / "report.csv", aggregate(records, args.metric), published, args.metric)
     print(markdown)
     complete = sum(record.complete for record in records)
-    print(f"{len(records)} run(s), {complete} complete, {len(records) - complete} incomplete")
+    failed = sum(record.failed for record in records)
+    print(f"{len(records)} run(s), {complete} complete, {len(records) - complete - failed} incomplete, {failed} failed")
     for path in [out / "report.md", out / "report.csv", *(out / figure for figure in figures)]:
         print(f"wrote {path}")
     return 0
