@@ -240,7 +240,7 @@ def test_plan_without_last_checkpoint_restarts(tmp_path, checkpoints):
     assert plan.restart and plan.checkpoint is None and not plan.resumes
 
 
-def test_clear_for_restart_keeps_only_the_log(tmp_path):
+def test_clear_for_restart_keeps_only_the_log_and_the_lock(tmp_path):
     path = tmp_path / "run"
     path.mkdir()
     for name in RUN_ENTRIES:
@@ -251,7 +251,7 @@ def test_clear_for_restart_keeps_only_the_log(tmp_path):
             (path / name).write_text(f"content of {name}")
     (path / "checkpoints" / ".last.pt.tmp-123").write_bytes(b"t")
     clear_for_restart(path)
-    assert sorted(p.name for p in path.iterdir()) == ["log.txt"]
+    assert sorted(p.name for p in path.iterdir()) == ["log.txt", "run.lock"]  # the lock is held by the restarting run
     assert (path / "log.txt").read_text() == "content of log.txt"
 
 

@@ -57,14 +57,15 @@ class RunOutcome:
 
 
 def write_outcome(run_dir: str | Path, status: str, message: str = "") -> None:
-    """Record how the run ended (``status`` one of :data:`OUTCOME_STATUSES`), replacing the file atomically."""
+    """Record how the run ended (``status`` one of :data:`OUTCOME_STATUSES`).
+
+    A plain write: a file cut short by a crash reads as no outcome (:func:`read_outcome`),
+    which is what a crash is, and leaves no temporary beside the run's own files.
+    """
     if status not in OUTCOME_STATUSES:
         raise ValueError(f"unknown run outcome {status!r}; expected one of {', '.join(OUTCOME_STATUSES)}")
-    path = Path(run_dir) / OUTCOME_FILE
     record = {"status": status, "message": message, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    temporary = path.with_name(f".{OUTCOME_FILE}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    (Path(run_dir) / OUTCOME_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def read_outcome(run_dir: str | Path) -> RunOutcome | None:
