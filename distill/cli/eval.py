@@ -227,9 +227,9 @@ def format_summary(result: dict[str, Any]) -> list[str]:
     """The text report: what was evaluated, its size, and its accuracy (and the reference, for a teacher)."""
     epoch = f", epoch {result['epoch']}" if result.get("epoch") is not None else ""
     teacher = f"teacher {result['teacher']}: " if result.get("teacher") else ""
+    arch = describe_arch(result["arch"], result.get("options") or {})
     lines = [
-        f"{teacher}{result['checkpoint']} ({describe_arch(result['arch'], result.get('options') or {})}{epoch}, "
-        f"{result['parameters']:,} parameters)",
+        f"{teacher}{result['checkpoint']} ({arch}{epoch}, {result['parameters']:,} parameters)",
         f"top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  on {result['test_size']} test images",
     ]
     if result.get("reference_top1") is not None:

@@ -10,7 +10,8 @@ whether it builds the student or the teacher; the recipe key a user must edit is
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from distill.errors import DistillError
 from distill.registry import did_you_mean

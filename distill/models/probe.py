@@ -43,7 +43,7 @@ def collapsed_map_message(model: nn.Module, arch: str, role: str | None, shapes:
     else:
         advice = "choose an architecture (or options) with less downsampling for this image size"
     return (
-        f"{prefix}arch {arch}: its last feature map is 1×1 at the dataset's {input_shape[1]}×{input_shape[2]} "
+        f"{role + ' ' if role else ''}{arch}: its last feature map is 1×1 at the dataset's {input_shape[1]}×{input_shape[2]} "
         f"images, so losses on feature maps see a single position; {advice}"
     )
 
