@@ -124,7 +124,7 @@ def evaluate_checkpoint(
     from distill.engine.trainer import has_accelerator_device
     from distill.models import create_model
     from distill.models.checkpoint import extract_state_dict, load_state_dict_strict, read_checkpoint
-    from distill.models.options import ModelOptionError
+    from distill.models.options import ModelOptionError, check_reserved_options
     from distill.models.probe import probe_model
 
     checkpoint_path = resolve_checkpoint(path, which)
@@ -152,6 +152,7 @@ def evaluate_checkpoint(
         **data.options,
     )
     try:
+        check_reserved_options(options)
         model = create_model(arch, num_classes=test_set.num_classes, **options)
         probe_model(model, test_set.input_shape, arch=arch, role="student" if from_recipe else None, warn=False)
     except ModelOptionError as error:

@@ -71,7 +71,7 @@ from distill.engine.teacher import FrozenTeacher
 from distill.errors import CheckpointError, DistillError, RecipeError
 from distill.losses import Batch, InitStage, LossContext, build_loss
 from distill.models import create_model
-from distill.models.options import ModelOptionError
+from distill.models.options import ModelOptionError, check_reserved_options
 from distill.models.probe import probe_model
 from distill.recipe import Recipe, recipe_to_dict, recipe_to_yaml
 from distill.recipe.schema import ModelSpec, TeacherSpec
@@ -162,6 +162,7 @@ def compile_networks(student: torch.nn.Module, teacher: torch.nn.Module | None, 
 def build_network(role: str, spec: ModelSpec | TeacherSpec, num_classes: int) -> torch.nn.Module:
     """The student's or the teacher's network with its weights; a bad checkpoint or option names the recipe key."""
     try:
+        check_reserved_options(spec.options)
         return create_model(spec.arch, num_classes, spec.checkpoint, **spec.options)
     except CheckpointError as error:
         raise CheckpointError(f"{role}.checkpoint: {error}") from None

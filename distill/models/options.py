@@ -51,6 +51,21 @@ class ModelOptionError(DistillError):
         return f"{self.recipe_key}: {self.message.replace(AT, self.prefix)}"
 
 
+RESERVED_OPTIONS = {
+    "name": "the architecture is the spec's 'arch'",
+    "num_classes": "the number of classes comes from the dataset",
+    "checkpoint": "the weights file is the spec's 'checkpoint', beside 'options'",
+}
+"""Arguments of ``create_model`` itself, which options cannot set (they would collide in the call)."""
+
+
+def check_reserved_options(options: dict[str, Any]) -> None:
+    """Refuse options that ``create_model`` sets itself, before they collide with its own arguments."""
+    for key, reason in RESERVED_OPTIONS.items():
+        if key in options:
+            raise ModelOptionError(f"options.{key}", f"distill sets {key!r} itself ({reason}); remove it from the options.")
+
+
 def check_bool_option(options: dict[str, Any], key: str, arch: str) -> bool:
     """Pop ``key`` from ``options`` and return it, refusing anything but true or false (unset: false)."""
     value = options.pop(key, False)
