@@ -74,7 +74,9 @@ from distill.engine.signals import StopSignals, TrainingStopped
 from distill.engine.teacher import FrozenTeacher
 from distill.errors import CheckpointError, DistillError, LossError, RecipeError
 from distill.losses import Batch, InitStage, LossContext, build_loss
-from distill.models import create_model, probe_feature_shapes
+from distill.models import create_model
+from distill.models.options import ModelOptionError, check_reserved_options
+from distill.models.probe import probe_model
 from distill.recipe import Recipe, recipe_to_dict, recipe_to_yaml
 from distill.recipe.schema import ModelSpec, TeacherSpec
 from distill.recipe.load import resolve_teacher_checkpoint
@@ -183,11 +185,14 @@ def static_memory(trainer: Trainer) -> int:
 
 
 def build_network(role: str, spec: ModelSpec | TeacherSpec, num_classes: int) -> torch.nn.Module:
-    """The student's or the teacher's network with its weights; a bad checkpoint names the recipe key."""
+    """The student's or the teacher's network with its weights; a bad checkpoint or option names the recipe key."""
     try:
+        check_reserved_options(spec.options)
         return create_model(spec.arch, num_classes, spec.checkpoint, **spec.options)
     except CheckpointError as error:
         raise CheckpointError(f"{role}.checkpoint: {error}") from None
+    except ModelOptionError as error:
+        raise error.under(role) from error
 
 
 class Trainer:
@@ -444,8 +449,10 @@ class Trainer:
         student = build_network("student", recipe.student, num_classes)
         if recipe.channels_last:
             student.to(memory_format=torch.channels_last)
-        student_shapes = probe_feature_shapes(student, train_set.input_shape)
-        teacher_shapes = probe_feature_shapes(teacher.module, train_set.input_shape) if teacher else None
+        student_shapes = probe_model(student, train_set.input_shape, arch=recipe.student.arch, role="student")
+        teacher_shapes = (
+            probe_model(teacher.module, train_set.input_shape, arch=recipe.teacher.arch, role="teacher") if teacher else None
+        )
         if recipe.compile:
             compile_networks(student, teacher.module if teacher else None, recipe.compile_backend)
         context = LossContext(

@@ -14,6 +14,7 @@ from typing import Callable
 from torch import nn
 
 from distill.errors import UnknownNameError
+from distill.models.options import check_builder_options
 from distill.registry import Registry, did_you_mean
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -49,7 +50,12 @@ def create_model(
         num_classes: size of the classifier.
         checkpoint: a local file holding a state_dict, or a dict with the
             state_dict under ``model`` (the RepDistiller/mdistiller format).
-        kwargs: passed to the builder.
+        kwargs: the model's options (a recipe's ``options``), passed to the builder.
+
+    Raises:
+        UnknownNameError: no such architecture.
+        ModelOptionError: an option the architecture does not take, or a value it refuses;
+            its ``key`` (``options.<name>``) is relative to the model spec.
     """
     if name.startswith(TIMM_PREFIX):
         from distill.models.timm_adapter import create_timm_model
@@ -61,7 +67,9 @@ def create_model(
                 f"unknown model {name!r}.{did_you_mean(name, list_models())} "
                 f"Zoo models: {', '.join(list_models())}; any timm model as 'timm/<name>'."
             )
-        model = MODELS.get(name)(num_classes=num_classes, **kwargs)
+        builder = MODELS.get(name)
+        check_builder_options(name, builder, kwargs)
+        model = builder(num_classes=num_classes, **kwargs)
     if checkpoint is not None:
         from distill.models.checkpoint import load_weights
 
