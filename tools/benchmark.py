@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision import transforms
-from torchvision.datasets import CIFAR100
+from torchvision.datasets import CIFAR100, VisionDataset
 from tqdm.auto import tqdm
 
 TOOLS = Path(__file__).resolve().parent
@@ -62,6 +62,7 @@ sys.path[:0] = [str(REPO), str(TOOLS)]
 from bench_contrastive import peak, reset_peak, synchronize  # noqa: E402
 from distill.benchmark.tasks import SMALL_LR_STUDENTS  # noqa: E402
 from distill.data import write_fake_cifar  # noqa: E402
+from distill.data.cifar import CIFAR100Dataset  # noqa: E402
 from distill.data.transforms import CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
 from distill.engine.trainer import Trainer  # noqa: E402
 from distill.losses import Batch, LossContext  # noqa: E402
@@ -399,16 +400,17 @@ def reference_transform() -> transforms.Compose:
 class ReferenceCIFAR100(CIFAR100):
     """torchvision's CIFAR-100 training split with the reference's transform; items ``(img, target, index)``.
 
-    The MD5 checksums are dropped from the file lists so a fake copy loads: torchvision
-    then only checks that the files exist.
+    The arrays are read once by distill's own CIFAR reader, whose restricted unpickler
+    refuses a file that would run code (torchvision's plain ``pickle.load`` would run
+    it), without the md5 check so a fake copy loads. Items are then made exactly as
+    torchvision makes them: PIL image, the reference's transform, in DataLoader workers.
     """
 
-    train_list = [[name, None] for name, _ in CIFAR100.train_list]
-    test_list = [[name, None] for name, _ in CIFAR100.test_list]
-    meta = {**CIFAR100.meta, "md5": None}
-
     def __init__(self, root: str | Path) -> None:
-        super().__init__(str(root), train=True, transform=reference_transform(), download=False)
+        VisionDataset.__init__(self, str(root), transform=reference_transform())
+        arrays = CIFAR100Dataset(root, train=True, download=False, verify=False, augment=False)
+        self.train, self.data, self.targets = True, arrays.data, list(arrays.targets)
+        self.classes, self.class_to_idx = arrays.classes, arrays.class_to_idx
 
     def __getitem__(self, index: int) -> tuple[Tensor, int, int]:
         image, target = super().__getitem__(index)
