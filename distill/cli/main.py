@@ -9,6 +9,7 @@ import traceback
 from distill import __version__
 from distill.cli import eval as eval_command
 from distill.cli import fake_data, mi_bench, quickstart, recipes, report, sweep, teachers, train
+from distill.cli.deferred import DeferredOptionsParser
 from distill.engine.signals import EXIT_STOPPED, TrainingStopped
 from distill.errors import DistillError
 
@@ -23,17 +24,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"distill {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=DeferredOptionsParser
+    )
     for module in SUBCOMMANDS:
         module.add_parser(subparsers)
     return parser
 
 
 def _shutdown_distributed() -> None:
-    """Destroy the process group (if any) so multi-process runs exit cleanly."""
-    import torch.distributed as dist
+    """Destroy the process group (if any) so multi-process runs exit cleanly.
 
-    if dist.is_available() and dist.is_initialized():
+    Only a process that already imported ``torch.distributed`` can have a group:
+    a command that never needed torch (``distill recipes``, a recipe error) ends
+    without importing it.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -49,8 +49,6 @@ def _looks_like_override(text: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distill.engine import train
-
     recipe_path, overrides, run_dir = args.recipe, list(args.overrides), args.run_dir
     if args.resume is not None:
         if run_dir is not None and Path(run_dir) != Path(args.resume):
@@ -69,5 +67,7 @@ def run(args: argparse.Namespace) -> int:
     elif recipe_path is None:
         raise DistillError("give a recipe (distill train RECIPE), or --resume RUN_DIR to continue a run")
     recipe = load_recipe(recipe_path, overrides)
+    from distill.engine import train  # after validation: a recipe error costs no Accelerate/trainer import
+
     train(recipe, run_dir=run_dir, force=args.force, tensorboard=not args.no_tensorboard)
     return 0
