@@ -9,6 +9,7 @@ check needs the model registry, hence torch, so the probe must see torch there.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,64 @@ def test_mi_bench_options_are_complete_when_it_is_used():
     assert result.returncode == 0, result.stderr
     for text in ("--steps", "--paper", "--estimators", "Estimators: NAME or NAME:ALPHA", "quick: 2000"):
         assert text in result.stdout
+
+
+THREADS_PROBE = """
+import json, os, sys
+from distill.cli.main import main
+status = main(["recipes"])
+import torch
+from distill.engine.threads import cpu_threads_description
+print("PROBE" + json.dumps({"status": status, "policy": os.environ.get("OMP_WAIT_POLICY"),
+      "threads": torch.get_num_threads(), "line": cpu_threads_description()}), file=sys.stderr)
+"""
+
+
+def threads_probe(**variables: str) -> dict:
+    """The CLI's thread choice in a fresh interpreter whose environment holds only ``variables`` of these."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "DISTILL_CPU_THREADS")}
+    env.update(variables)
+    result = subprocess.run(
+        [sys.executable, "-c", THREADS_PROBE], check=False, capture_output=True, text=True, timeout=120, cwd=REPO, env=env
+    )
+    lines = [line for line in result.stderr.splitlines() if line.startswith("PROBE")]
+    assert lines, result.stderr[-2000:]
+    return json.loads(lines[-1][len("PROBE"):])
+
+
+def test_the_cli_makes_waiting_threads_sleep_before_torch_loads():
+    outcome = threads_probe()
+    assert outcome["policy"] == "PASSIVE"
+    assert "OMP_WAIT_POLICY=PASSIVE (distill's default)" in outcome["line"]
+    assert outcome["threads"] == torch_default_threads()
+    assert outcome["line"].startswith(f"CPU threads: {outcome['threads']} (torch's default: one per core)")
+
+
+def test_the_users_variables_win():
+    outcome = threads_probe(OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="1")
+    assert outcome["policy"] == "ACTIVE" and outcome["threads"] == 1
+    assert outcome["line"].startswith("CPU threads: 1 (OMP_NUM_THREADS), OMP_WAIT_POLICY=ACTIVE (your environment)")
+    outcome = threads_probe(DISTILL_CPU_THREADS="1", OMP_NUM_THREADS="2")  # distill's own variable replaces OpenMP's
+    assert outcome["threads"] == 1
+    assert outcome["line"].startswith("CPU threads: 1 (DISTILL_CPU_THREADS)")
+
+
+def test_a_bad_thread_count_is_one_line_and_status_2():
+    env = {**os.environ, "DISTILL_CPU_THREADS": "two"}
+    result = subprocess.run(
+        [sys.executable, "-m", "distill", "recipes"], check=False, capture_output=True, text=True, timeout=120, cwd=REPO, env=env
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "distill: error: DISTILL_CPU_THREADS='two': expected a positive number of threads, e.g. DISTILL_CPU_THREADS=2"
+    ]
+
+
+def torch_default_threads() -> int:
+    """torch's own default thread count, asked of a fresh interpreter without the variables."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "DISTILL_CPU_THREADS")}
+    result = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+        check=True, capture_output=True, text=True, timeout=120, env=env,
+    )
+    return int(result.stdout.strip())

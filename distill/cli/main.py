@@ -11,6 +11,7 @@ from distill.cli import eval as eval_command
 from distill.cli import fake_data, mi_bench, quickstart, recipes, report, sweep, teachers, train
 from distill.cli.deferred import DeferredOptionsParser
 from distill.engine.signals import EXIT_STOPPED, TrainingStopped
+from distill.engine.threads import configure_cpu_threads
 from distill.errors import DistillError
 
 SUBCOMMANDS = (train, eval_command, sweep, report, teachers, recipes, quickstart, fake_data, mi_bench)
@@ -45,6 +46,11 @@ def _shutdown_distributed() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        configure_cpu_threads()  # first: OpenMP reads its variables when torch loads
+    except DistillError as error:
+        print(f"distill: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
