@@ -10,7 +10,7 @@ from distill import __version__
 from distill.cli import eval as eval_command
 from distill.cli import fake_data, mi_bench, quickstart, recipes, report, sweep, teachers, train
 from distill.cli.deferred import DeferredOptionsParser
-from distill.engine.signals import EXIT_STOPPED, TrainingStopped
+from distill.engine.signals import EXIT_STOPPED, TrainingStopped, is_main_local_process
 from distill.engine.threads import configure_cpu_threads
 from distill.errors import DistillError
 
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except TrainingStopped as error:
-        print(f"distill {args.command}: {error}", file=sys.stderr)
+        if is_main_local_process():  # every process of a torchrun job stops with the same message
+            print(f"distill {args.command}: {error}", file=sys.stderr)
         return EXIT_STOPPED
     except DistillError as error:
         if args.debug:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from distill.engine.launch import check_process_count
 from distill.engine.rundir import RECIPE_FILE
 from distill.errors import DistillError
 from distill.recipe import load_recipe
@@ -49,6 +50,7 @@ def _looks_like_override(text: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_process_count()  # `accelerate launch --cpu --num_processes N` starts one process: say so, do not train alone
     recipe_path, overrides, run_dir = args.recipe, list(args.overrides), args.run_dir
     if args.resume is not None:
         if run_dir is not None and Path(run_dir) != Path(args.resume):
