@@ -10,7 +10,9 @@ import traceback
 from distill import __version__
 from distill.cli import eval as eval_command
 from distill.cli import fake_data, mi_bench, quickstart, recipes, report, sweep, teachers, train
-from distill.engine.signals import EXIT_STOPPED, TrainingStopped
+from distill.cli.deferred import DeferredOptionsParser
+from distill.engine.signals import EXIT_STOPPED, TrainingStopped, is_main_local_process
+from distill.engine.threads import configure_cpu_threads
 from distill.errors import DistillError
 
 SUBCOMMANDS = (train, eval_command, sweep, report, teachers, recipes, quickstart, fake_data, mi_bench)
@@ -24,17 +26,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"distill {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=DeferredOptionsParser
+    )
     for module in SUBCOMMANDS:
         module.add_parser(subparsers)
     return parser
 
 
 def _shutdown_distributed() -> None:
-    """Destroy the process group (if any) so multi-process runs exit cleanly."""
-    import torch.distributed as dist
+    """Destroy the process group (if any) so multi-process runs exit cleanly.
 
-    if dist.is_available() and dist.is_initialized():
+    Only a process that already imported ``torch.distributed`` can have a group:
+    a command that never needed torch (``distill recipes``, a recipe error) ends
+    without importing it.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -50,12 +58,18 @@ def describe_os_error(error: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        configure_cpu_threads()  # first: OpenMP reads its variables when torch loads
+    except DistillError as error:
+        print(f"distill: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except TrainingStopped as error:
-        print(f"distill {args.command}: {error}", file=sys.stderr)
+        if is_main_local_process():  # every process of a torchrun job stops with the same message
+            print(f"distill {args.command}: {error}", file=sys.stderr)
         return EXIT_STOPPED
     except DistillError as error:
         if args.debug:

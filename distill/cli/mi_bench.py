@@ -7,21 +7,12 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from distill.mi_bench.bench import (
-    PAPER,
-    QUICK,
-    BenchConfig,
-    BenchResult,
-    level_estimates,
-    read_results,
-    resolve_device,
-    run_bench,
-    write_results,
-)
-from distill.mi_bench.critics import CRITICS
-from distill.mi_bench.errors import MIBenchError
-from distill.mi_bench.estimators import DEFAULT_ESTIMATORS, ESTIMATORS
+from distill.cli.deferred import defer_options
+
+if TYPE_CHECKING:
+    from distill.mi_bench.bench import BenchConfig, BenchResult
 
 DEFAULT_OUTPUT = "mi_bench"
 
@@ -37,10 +28,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "(settings and the estimate at each level) and DIR/mi_bench.png (with matplotlib). "
             "The default is a quick CPU setting; --paper gives the paper's (20,000 steps, both critics)."
         ),
-        epilog=(
-            f"Estimators: NAME or NAME:ALPHA, NAME one of {', '.join(ESTIMATORS)} (infonce = cpc; only cpc and ml-cpc take α). "
-            f"Default: {','.join(DEFAULT_ESTIMATORS)}."
-        ),
+    )
+    parser.set_defaults(run=run)
+    defer_options(parser, _add_options)
+
+
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    """The options, whose help quotes the bench's defaults: added only when ``mi-bench`` is used (torch)."""
+    from distill.mi_bench.bench import PAPER, QUICK
+    from distill.mi_bench.critics import CRITICS
+    from distill.mi_bench.estimators import DEFAULT_ESTIMATORS, ESTIMATORS
+
+    parser.epilog = (
+        f"Estimators: NAME or NAME:ALPHA, NAME one of {', '.join(ESTIMATORS)} (infonce = cpc; only cpc and ml-cpc take α). "
+        f"Default: {','.join(DEFAULT_ESTIMATORS)}."
     )
     parser.add_argument("--output", "-o", default=DEFAULT_OUTPUT, metavar="DIR", help=f"output folder (default: {DEFAULT_OUTPUT}/)")
     parser.add_argument(
@@ -60,7 +61,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="torch device: auto (an accelerator if there is one, else cpu), cpu, cuda, cuda:1, mps ...")
     parser.add_argument("--no-figure", action="store_true", help="write the CSV and JSON only")
     parser.add_argument("--replot", action="store_true", help="no training: redraw DIR/mi_bench.png from DIR's CSV and JSON")
-    parser.set_defaults(run=run)
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -68,6 +68,8 @@ def _split(text: str) -> tuple[str, ...]:
 
 
 def _levels(text: str) -> tuple[float, ...]:
+    from distill.mi_bench.errors import MIBenchError
+
     try:
         return tuple(float(part) for part in _split(text))
     except ValueError:
@@ -76,6 +78,9 @@ def _levels(text: str) -> tuple[float, ...]:
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """The quick (or, with --paper, the paper's) settings, with every option given on the command line applied."""
+    from distill.mi_bench.bench import PAPER, QUICK
+    from distill.mi_bench.errors import MIBenchError
+
     config = PAPER if args.paper else QUICK
     changes: dict[str, object] = {"seed": args.seed, "device": args.device, "cubic": args.cubic}
     if args.steps is not None:
@@ -100,6 +105,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def _output_dir(text: str) -> Path:
+    from distill.mi_bench.errors import MIBenchError
+
     out = Path(text)
     if out.exists() and not out.is_dir():
         raise MIBenchError(f"--output {out} is a file; give a folder")
@@ -108,6 +115,8 @@ def _output_dir(text: str) -> Path:
 
 def summary_table(result: BenchResult) -> str:
     """Per critic, the estimate at each MI level (mean over the second half of the level), beside ceilings."""
+    from distill.mi_bench.bench import level_estimates
+
     n = result.config.batch_size
     levels = list(dict.fromkeys(result.true_mi))
     lines = [f"estimate at each level (mean over the second half of its steps); n = {n}, log n = {math.log(n):.2f}"]
@@ -143,6 +152,8 @@ def _draw(result: BenchResult, out: Path) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from distill.mi_bench.bench import read_results, resolve_device, run_bench, write_results
+
     out = _output_dir(args.output)
     if args.replot:
         result = read_results(out)

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from distill.engine.launch import check_process_count
 from distill.engine.rundir import RECIPE_FILE
 from distill.errors import DistillError
 from distill.recipe.compose import ComposedRecipe
@@ -59,8 +60,7 @@ def _looks_like_override(text: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distill.engine import train
-
+    check_process_count()  # `accelerate launch --cpu --num_processes N` starts one process: say so, do not train alone
     recipe_path, overrides, run_dir = args.recipe, list(args.overrides), args.run_dir
     if args.resume is not None:
         if run_dir is not None and Path(run_dir) != Path(args.resume):
@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     recipe, composed = load_recipe_with_sources(recipe_path, overrides)
     if args.dry_run:
         return dry_run(recipe, composed, run_dir, args.force)
+    from distill.engine import train  # after validation: a recipe error costs no Accelerate/trainer import
+
     train(recipe, run_dir=run_dir, force=args.force, tensorboard=not args.no_tensorboard)
     return 0
 

@@ -229,14 +229,13 @@ def validate_composed(composed: ComposedRecipe, default_name: str = "run") -> Re
     """Check a composed mapping against the schema and every registry."""
     _load_plugins(composed)
     data = dict(composed.data)
-    losses = _parse_losses(composed)
     data["losses"] = {}
     data.setdefault("name", default_name)
     try:
-        recipe = build_dataclass(Recipe, data, ())
+        recipe = build_dataclass(Recipe, data, ())  # first: the schema needs no torch, the registries do
     except ValidationIssue as issue:
         raise _fail(composed, issue.path, issue.message) from None
-    recipe.losses = losses
+    recipe.losses = _parse_losses(composed)
     _cross_check(recipe, composed)
     return recipe
 
