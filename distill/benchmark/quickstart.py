@@ -12,24 +12,30 @@ The settings are fixed here, one sentence each on why:
 * **Images of 16×16 pixels** (the generator's geometry scales with the size): a quarter of
   the computation of 32×32, which is what lets four models × two seeds fit in a few
   minutes on two CPU cores.
-* **Teacher resnet20 on 2000 training images, 15 epochs**: a teacher clearly better than
-  the student can get alone, trained once per seed and shared by both distilled students.
-* **Students resnet8 on 400 training images, 30 epochs**: a student short of data is where
-  a teacher's soft labels (which spread over the look-alike classes of a group) carry
-  information the hard labels lack; all students of a seed see the same 400 images,
-  drawn from the same generator as the teacher's 2000 (a different draw, same classes).
+* **Teacher resnet20 on 2000 training images, 15 epochs, batch 64**: a teacher clearly
+  better than the student can get alone, trained once per seed and shared by both
+  distilled students.
+* **Students resnet8 on 150 training images (15 per class), 80 epochs, batch 32**: a
+  student short of data, trained long enough to fit its images, is where a teacher's soft
+  labels (spread over the look-alike classes of a group) carry information its hard labels
+  lack; with 400 images the student alone came within 2 points of the teacher and KD had
+  nothing to add. All students of a seed see the same 150 images, drawn from the same
+  generator as the teacher's 2000 (a different draw of the same classes).
+* **500 test images**: evaluating after every epoch is most of a student's cost; 500 keep
+  the test noise near 2 points, which the spread over seeds then shows.
 * **KD as in the KD paper and the CRD benchmark**: 0.1·CE + 0.9·KD, temperature 4.
 * **CRD + KD with the CRD paper's weights** (``recipes/cifar100/crd_kd``): CE + KD
   (T = 4) + 0.8·CRD, feature dimension 128, temperature 0.07, memory momentum 0.5,
-  negatives from other classes; only the number of negatives is smaller (256 instead
-  of 16384), because the students' training set has 400 images.
-* **SGD with learning rate 0.05, one ×0.1 step at three quarters of training, batch 64**:
-  the benchmark's optimiser, with its learning-rate drop moved to fit a short schedule.
+  negatives from other classes; only the number of negatives is smaller (128 instead
+  of 16384), because the students' training set has 150 images.
+* **SGD with learning rate 0.05, one ×0.1 step at three quarters of training**: the
+  benchmark's optimiser, with its learning-rate drop moved to fit a short schedule.
 * **Last-epoch test top-1, mean ± sample std over seeds**: the benchmark's number; the
   best epoch would be chosen on the test set.
 
 Nothing was tuned per seed, and nothing was chosen by looking at the seeds the demo
-shows (0 and 1 by default): the design was explored on seeds 100 and 101 only.
+shows (0 and 1 by default): the design was explored on seed 100 only (its teacher, then
+student variants: 400 or 150 images, batch 64 or 32, 30 to 80 epochs, KD at T = 2 or 4).
 A contrastive objective is known to need long schedules (on CIFAR-100, 15 epochs of
 CE + 0.8·CRD left students 3-4 points below the student alone); where this short demo
 cannot show a gain of the contrastive term, its output says so.
@@ -65,18 +71,19 @@ class QuickstartSize:
     image_size: int
     teacher_epochs: int
     student_epochs: int
-    batch_size: int
+    teacher_batch_size: int
+    student_batch_size: int
     crd_negatives: int
 
 
 FULL = QuickstartSize(
-    teacher_train_size=2000, student_train_size=400, test_size=1000, image_size=16,
-    teacher_epochs=15, student_epochs=30, batch_size=64, crd_negatives=256,
+    teacher_train_size=2000, student_train_size=150, test_size=500, image_size=16,
+    teacher_epochs=15, student_epochs=80, teacher_batch_size=64, student_batch_size=32, crd_negatives=128,
 )  # fmt: skip
 #: A smoke test of the same four runs: seconds, numbers meaningless.
 REDUCED = QuickstartSize(
     teacher_train_size=96, student_train_size=64, test_size=64, image_size=16,
-    teacher_epochs=1, student_epochs=1, batch_size=32, crd_negatives=16,
+    teacher_epochs=1, student_epochs=1, teacher_batch_size=32, student_batch_size=32, crd_negatives=16,
 )  # fmt: skip
 
 
@@ -121,11 +128,13 @@ def late_milestone(epochs: int) -> list[int]:
     return [max(1, int(epochs * 0.75))]
 
 
-def _recipe(name: str, arch: str, losses: dict[str, Any], train_size: int, epochs: int, size: QuickstartSize, seed: int) -> dict[str, Any]:
+def _recipe(
+    name: str, arch: str, losses: dict[str, Any], train_size: int, epochs: int, batch_size: int, size: QuickstartSize, seed: int
+) -> dict[str, Any]:
     options = {"train_size": train_size, "test_size": size.test_size, "seed": seed, "image_size": size.image_size}
     return {
         "name": name,
-        "data": {"dataset": "synthetic", "root": ".", "batch_size": size.batch_size, "test_batch_size": 250, "num_workers": 0, "options": options},
+        "data": {"dataset": "synthetic", "root": ".", "batch_size": batch_size, "test_batch_size": 250, "num_workers": 0, "options": options},
         "student": {"arch": arch},
         "losses": losses,
         "optimizer": {"lr": 0.05},
@@ -139,13 +148,13 @@ def quickstart_recipes(size: QuickstartSize, seed: int, teacher_checkpoint: str)
     """The four recipes of one seed, as plain mappings: the teacher first, then each student."""
     recipes = {
         TEACHER_KEY: _recipe(
-            "quickstart/teacher", TEACHER_ARCH, _ce(size), size.teacher_train_size, size.teacher_epochs, size, seed
+            "quickstart/teacher", TEACHER_ARCH, _ce(size), size.teacher_train_size, size.teacher_epochs, size.teacher_batch_size, size, seed
         )
     }
     for student in STUDENTS:
         recipe = _recipe(
             f"quickstart/student-{student.key}", STUDENT_ARCH, student.losses(size),
-            size.student_train_size, size.student_epochs, size, seed,
+            size.student_train_size, size.student_epochs, size.student_batch_size, size, seed,
         )  # fmt: skip
         if student.uses_teacher:
             recipe["teacher"] = {"arch": TEACHER_ARCH, "checkpoint": teacher_checkpoint}
