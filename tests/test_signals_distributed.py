@@ -26,6 +26,7 @@ from distill.engine.launch import (
     resume_command,
     stopped_exit_note,
 )
+from distill.engine.rundir import read_outcome
 from distill.engine.signals import EXIT_STOPPED, stopped_message
 
 REPO = Path(__file__).resolve().parent.parent
@@ -152,6 +153,8 @@ def test_ctrl_c_under_torchrun_prints_once_and_stops_every_process(fake_cifar100
             process.kill()
     assert stderr.count("SIGINT received") == 1, stderr[-4000:]
     assert stderr.count("stopped by SIGINT") == 1, stderr[-4000:]
+    assert f"Continue with: torchrun --nproc_per_node 2 -m distill train --resume {run_dir}" in stderr
+    assert read_outcome(run_dir).status == "stopped"
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
     assert len(state["processes"]) == 2 and state["step"] >= 2
     # torchrun, not distill, decides the job's status: its elastic agent turns the signal into SignalException

@@ -70,7 +70,8 @@ from distill.engine.rundir import (
     write_outcome,
 )
 from distill.engine.seeding import seed_everything
-from distill.engine.signals import StopSignals, TrainingStopped
+from distill.engine.signals import StopSignals, TrainingStopped, stopped_message
+from distill.engine.threads import cpu_threads_description
 from distill.engine.teacher import FrozenTeacher
 from distill.errors import CheckpointError, DistillError, LossError, RecipeError
 from distill.losses import Batch, InitStage, LossContext, build_loss
@@ -697,10 +698,7 @@ class Trainer:
     def _stop(self, where: str) -> None:
         """Checkpoint at the current position (already done when ``where`` is an epoch end) and stop."""
         signal_name = self._signals.requested if self._signals and self._signals.requested else "a stop request"
-        raise TrainingStopped(
-            f"stopped by {signal_name} {where}; checkpoint {self.last_saved}. "
-            f"Continue with: distill train --resume {self.run_dir}"
-        )
+        raise TrainingStopped(stopped_message(signal_name, where, self.last_saved, self.run_dir))
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training set; returns the epoch's mean loss terms and throughput.
@@ -929,6 +927,8 @@ class Trainer:
             + f" × {self.accelerator.num_processes} process(es)"
         )
         self.log(f"data: {self.data_path} | {self.speed_settings()}")
+        if self.accelerator.device.type == "cpu":
+            self.log(cpu_threads_description())
         for name, loss in self.unwrapped.losses.items():
             if loss.summary():
                 self.log(f"loss {name}: {loss.summary()}")
