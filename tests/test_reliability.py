@@ -1,7 +1,7 @@
 """Guarded training and resume checks through the CLI: non-finite steps, changed recipes and teachers, a full disk.
 
-Runs are in-process (``distill.cli.main.main``) on a fake CIFAR-100. A plugin file
-written by the module fixture gives two losses for the purpose:
+Runs are in-process (``distill.cli.main.main``) on a fake CIFAR-100. The plugin file
+``tests/step_losses.py`` gives the losses for the purpose:
 
 * ``bad_at_steps``: zero (with a gradient) except at the listed training steps,
   where it is NaN (``kind: loss``) or finite with a NaN gradient (``kind: gradient``);
@@ -17,7 +17,6 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -27,82 +26,16 @@ from distill.cli.main import main
 from distill.engine import checkpoint as checkpoint_module
 from distill.engine.metrics import read_metrics
 from distill.engine.signals import EXIT_STOPPED
+from kd_runs import KD_RECIPE, STEP_LOSSES, kd_overrides, train
 
 REPO = Path(__file__).resolve().parent.parent
-KD_RECIPE = REPO / "recipes/cifar100/kd/resnet32x4-resnet8x4.yaml"
 FAULT_PLUGIN = Path(__file__).resolve().parent / "fault_plugin.py"
 
-PLUGIN = '''
-import os
-import signal
-
-import torch
-from distill.losses import DistillLoss, LossContext, register_loss
-
-
-class _CountsSteps(DistillLoss):
-    requires_teacher = False
-
-    def __init__(self, context: LossContext) -> None:
-        super().__init__(context)
-        self.calls = 0
-
-    def step_of(self, student) -> int:
-        if self.training:
-            self.calls += 1
-        return self.calls
-
-
-@register_loss("bad_at_steps")
-class BadAtSteps(_CountsSteps):
-    def __init__(self, context: LossContext, steps: list = (), kind: str = "loss") -> None:
-        super().__init__(context)
-        self.steps, self.kind = set(steps), kind
-
-    def forward(self, student, teacher, batch):
-        zero = student.logits.mean() * 0.0
-        if self.step_of(student) not in self.steps:
-            return zero
-        if self.kind == "loss":
-            return zero + float("nan")
-        return torch.sqrt(student.logits.mean() * 0.0)  # 0, but d/dx sqrt(0·x) = inf·0 = NaN
-
-
-@register_loss("signal_at_step")
-class SignalAtStep(_CountsSteps):
-    """Signals once per ``marker`` file: a resumed run (which counts from 0 again) is not signalled again."""
-
-    def __init__(self, context: LossContext, step: int = 1, marker: str = "") -> None:
-        super().__init__(context)
-        self.step, self.marker = step, marker
-
-    def forward(self, student, teacher, batch):
-        if self.step_of(student) == self.step and not os.path.exists(self.marker):
-            open(self.marker, "w").close()
-            os.kill(os.getpid(), signal.SIGTERM)
-        return student.logits.mean() * 0.0
-'''
 
 
 @pytest.fixture(scope="module")
-def plugin(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("plugin") / "reliability_losses.py"
-    path.write_text(textwrap.dedent(PLUGIN), encoding="utf-8")
-    return path
-
-
-def kd_overrides(data_root: Path, teacher: Path, *extra: str) -> list[str]:
-    """KD resnet14 → resnet8, 256 images in batches of 64: 4 steps per epoch."""
-    return [
-        f"data.root={data_root}", "data.verify=false", "data.num_workers=0", "data.batch_size=64",
-        "schedule.epochs=2", "log_every=1", "deterministic=true",
-        "student.arch=resnet8", "teacher.name=null", "teacher.arch=resnet14", f"teacher.checkpoint={teacher}",
-        *extra,
-    ]
-
-
-def train(run_dir: Path, *overrides: str) -> int:
-    return main(["train", str(KD_RECIPE), *overrides, "--run-dir", str(run_dir), "--no-tensorboard"])
+def plugin() -> Path:
+    return STEP_LOSSES
 
 
 def with_loss(plugin: Path, loss: str) -> list[str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import io
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -29,71 +28,15 @@ from distill.engine import checkpoint as checkpoint_module
 from distill.engine.metrics import read_metrics
 from distill.engine.rundir import RunDirLock, read_outcome
 from distill.engine.signals import EXIT_STOPPED
+from kd_runs import KD_RECIPE, STEP_LOSSES, TESTS, kd_overrides, train
 
-REPO = Path(__file__).resolve().parent.parent
-KD_RECIPE = REPO / "recipes/cifar100/kd/resnet32x4-resnet8x4.yaml"
+REPO = TESTS.parent
 
-PLUGIN = '''
-import os
-import signal
-
-from distill.losses import DistillLoss, LossContext, register_loss
-
-
-@register_loss("raises_at_step")
-class RaisesAtStep(DistillLoss):
-    requires_teacher = False
-
-    def __init__(self, context: LossContext, step: int = 1, in_constructor: bool = False) -> None:
-        super().__init__(context)
-        if in_constructor:
-            raise ZeroDivisionError("the plugin's own bug")
-        self.step, self.calls = step, 0
-
-    def forward(self, student, teacher, batch):
-        self.calls += self.training
-        if self.calls == self.step:
-            raise IndexError("the plugin indexed past the batch")
-        return student.logits.mean() * 0.0
-
-
-@register_loss("stop_at_step")
-class StopAtStep(DistillLoss):
-    """Sends this process SIGTERM once (per marker file) at the given training step."""
-
-    requires_teacher = False
-
-    def __init__(self, context: LossContext, step: int = 1, marker: str = "") -> None:
-        super().__init__(context)
-        self.step, self.marker, self.calls = step, marker, 0
-
-    def forward(self, student, teacher, batch):
-        self.calls += self.training
-        if self.calls == self.step and not os.path.exists(self.marker):
-            open(self.marker, "w").close()
-            os.kill(os.getpid(), signal.SIGTERM)
-        return student.logits.mean() * 0.0
-'''
 
 
 @pytest.fixture(scope="module")
-def plugin(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("plugin") / "lifecycle_losses.py"
-    path.write_text(textwrap.dedent(PLUGIN), encoding="utf-8")
-    return path
-
-
-def overrides(data_root: Path, teacher: Path, *extra: str) -> list[str]:
-    return [
-        f"data.root={data_root}", "data.verify=false", "data.num_workers=0", "data.batch_size=64",
-        "schedule.epochs=2", "log_every=1", "deterministic=true",
-        "student.arch=resnet8", "teacher.name=null", "teacher.arch=resnet14", f"teacher.checkpoint={teacher}",
-        *extra,
-    ]
-
-
-def train(run_dir: Path, *extra: str) -> int:
-    return main(["train", str(KD_RECIPE), *extra, "--run-dir", str(run_dir), "--no-tensorboard"])
+def plugin() -> Path:
+    return STEP_LOSSES
 
 
 def resume(run_dir: Path, *extra: str) -> int:
@@ -102,8 +45,8 @@ def resume(run_dir: Path, *extra: str) -> int:
 
 def stopped_run(run_dir: Path, plugin: Path, data_root: Path, teacher: Path, capsys) -> None:
     """A run that SIGTERM stopped after step 3, in the middle of epoch 1."""
-    stop = "{type: stop_at_step, weight: 1.0, step: 2, marker: " + str(run_dir.parent / "signalled") + "}"
-    assert train(run_dir, *overrides(data_root, teacher), f"plugins=[{plugin}]", f"losses.stop={stop}") == EXIT_STOPPED
+    stop = "{type: signal_at_step, weight: 1.0, step: 2, marker: " + str(run_dir.parent / "signalled") + "}"
+    assert train(run_dir, *kd_overrides(data_root, teacher), f"plugins=[{plugin}]", f"losses.stop={stop}") == EXIT_STOPPED
     capsys.readouterr()
 
 
@@ -156,7 +99,7 @@ def test_a_change_that_cannot_be_applied_is_refused_by_name_even_when_forced(
 
 def test_a_finished_run_is_extended_by_a_forced_longer_schedule(fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert train(run_dir, *overrides(fake_cifar100, tiny_teacher, "schedule.epochs=1")) == 0
+    assert train(run_dir, *kd_overrides(fake_cifar100, tiny_teacher, "schedule.epochs=1")) == 0
     assert resume(run_dir, "schedule.epochs=2") == 2
     assert "schedule.epochs=N --force" in capsys.readouterr().err
     assert resume(run_dir, "schedule.epochs=1", "--force") == 2
@@ -186,13 +129,13 @@ def test_a_second_process_on_a_run_directory_is_refused_with_the_holder(
 
 def test_every_way_a_run_ends_is_recorded(plugin, fake_cifar100, tiny_teacher, tmp_path, capsys):
     finished, stopped, failed = tmp_path / "finished", tmp_path / "stopped", tmp_path / "failed"
-    assert train(finished, *overrides(fake_cifar100, tiny_teacher, "schedule.epochs=1")) == 0
+    assert train(finished, *kd_overrides(fake_cifar100, tiny_teacher, "schedule.epochs=1")) == 0
     assert read_outcome(finished).status == "finished"
     assert (finished / "log.txt").read_text().rstrip().endswith("run ended: finished")
     stopped_run(stopped, plugin, fake_cifar100, tiny_teacher, capsys)
     assert read_outcome(stopped).status == "stopped" and "stopped by SIGTERM" in read_outcome(stopped).message
     raising = "{type: raises_at_step, weight: 1.0, step: 2}"
-    assert train(failed, *overrides(fake_cifar100, tiny_teacher), f"plugins=[{plugin}]", f"losses.bad={raising}") == 2
+    assert train(failed, *kd_overrides(fake_cifar100, tiny_teacher), f"plugins=[{plugin}]", f"losses.bad={raising}") == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "losses.bad (RaisesAtStep) failed while computing its term" in err
     assert "IndexError: the plugin indexed past the batch" in err
@@ -204,7 +147,7 @@ def test_every_way_a_run_ends_is_recorded(plugin, fake_cifar100, tiny_teacher, t
 def test_a_plugin_that_raises_while_building_leaves_nothing(plugin, fake_cifar100, tiny_teacher, tmp_path, capsys):
     broken = "{type: raises_at_step, weight: 1.0, in_constructor: true}"
     run_dir = tmp_path / "run"
-    assert train(run_dir, *overrides(fake_cifar100, tiny_teacher), f"plugins=[{plugin}]", f"losses.bad={broken}") == 2
+    assert train(run_dir, *kd_overrides(fake_cifar100, tiny_teacher), f"plugins=[{plugin}]", f"losses.bad={broken}") == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "losses.bad: building loss 'raises_at_step' failed: ZeroDivisionError" in err
     assert not run_dir.exists()
@@ -237,7 +180,7 @@ def test_a_full_disk_inside_torch_save_names_the_disk_not_the_zip_writer(
 
     monkeypatch.setattr(checkpoint_module.torch, "save", lambda obj, handle: real_save(obj, FillingFile(handle)))
     run_dir = tmp_path / "run"
-    assert train(run_dir, *overrides(fake_cifar100, tiny_teacher, "schedule.epochs=1")) == 2
+    assert train(run_dir, *kd_overrides(fake_cifar100, tiny_teacher, "schedule.epochs=1")) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "unexpected pos" not in err
     assert "No space left on device" in err and "the disk is full: free space" in err
@@ -246,7 +189,7 @@ def test_a_full_disk_inside_torch_save_names_the_disk_not_the_zip_writer(
 
 def test_the_last_line_states_its_protocol_without_claiming_a_paper(fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert train(run_dir, *overrides(fake_cifar100, tiny_teacher, "schedule.epochs=1")) == 0
+    assert train(run_dir, *kd_overrides(fake_cifar100, tiny_teacher, "schedule.epochs=1")) == 0
     out = capsys.readouterr().out
     assert "[last epoch of 1, one run, seed 0]" in out and "CRD paper reports" not in out
     assert "[selected on the test set: not a result]" in out
@@ -255,7 +198,7 @@ def test_the_last_line_states_its_protocol_without_claiming_a_paper(fake_cifar10
 def test_the_run_records_absolute_checkpoint_paths(fake_cifar100, tiny_teacher, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tiny_teacher.parent)
     run_dir = tmp_path / "run"
-    relative = [o for o in overrides(fake_cifar100, tiny_teacher, "schedule.epochs=1") if not o.startswith("teacher.checkpoint")]
+    relative = [o for o in kd_overrides(fake_cifar100, tiny_teacher, "schedule.epochs=1") if not o.startswith("teacher.checkpoint")]
     assert train(run_dir, *relative, f"teacher.checkpoint={tiny_teacher.name}") == 0
     recorded = (run_dir / "recipe.yaml").read_text()
     assert f"checkpoint: {tiny_teacher}" in recorded
@@ -263,7 +206,7 @@ def test_the_run_records_absolute_checkpoint_paths(fake_cifar100, tiny_teacher, 
 
 def test_dry_run_reports_every_check_and_writes_nothing(fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    code = main(["train", str(KD_RECIPE), *overrides(fake_cifar100, tiny_teacher), "losses.crd={weight: 0.8}",
+    code = main(["train", str(KD_RECIPE), *kd_overrides(fake_cifar100, tiny_teacher), "losses.crd={weight: 0.8}",
                  "--run-dir", str(run_dir), "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0 and not run_dir.exists()
@@ -278,6 +221,6 @@ def test_dry_run_reports_every_check_and_writes_nothing(fake_cifar100, tiny_teac
 
 def test_dry_run_fails_like_a_start_would(fake_cifar100, tmp_path, capsys):
     missing = tmp_path / "nowhere.pth"
-    code = main(["train", str(KD_RECIPE), *overrides(fake_cifar100, missing), "--dry-run"])
+    code = main(["train", str(KD_RECIPE), *kd_overrides(fake_cifar100, missing), "--dry-run"])
     err = capsys.readouterr().err
     assert code == 2 and f"teacher.checkpoint: file {missing} does not exist" in err

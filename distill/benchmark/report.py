@@ -370,16 +370,23 @@ def sources_legend(published: PublishedResults) -> str:
     return "\n".join(lines)
 
 
+def run_label(record: RunRecord) -> str:
+    """``method / task, seed N`` for the lists of incomplete and failed runs."""
+    return f"{record.method} / {record.task}, seed {NO_VALUE if record.seed is None else record.seed}"
+
+
+def progress(record: RunRecord) -> str:
+    """``done/planned`` epochs (``?`` when the plan is unknown)."""
+    return f"{record.epochs_done}/{record.epochs_planned if record.epochs_planned is not None else '?'}"
+
+
 def incomplete_section(records: Iterable[RunRecord]) -> str:
     """A list of the runs that have not finished (and did not fail), with their progress and folder."""
     lines = []
     for record in records:
         if record.complete or record.failed:
             continue
-        planned = record.epochs_planned if record.epochs_planned is not None else "?"
-        seed = NO_VALUE if record.seed is None else record.seed
-        progress = f"epoch {record.epochs_done}/{planned}"
-        lines.append(f"- {record.method} / {record.task}, seed {seed}: {progress} \u2014 `{record.path}`")
+        lines.append(f"- {run_label(record)}: epoch {progress(record)} \u2014 `{record.path}`")
     if not lines:
         return ""
     return "## Incomplete runs (not averaged)\n\n" + "\n".join(lines)
@@ -401,10 +408,8 @@ def failed_section(records: Iterable[RunRecord]) -> str:
         if record.recipe_missing:
             lines.append(f"- `{record.path}` ({outcome.status}, before it wrote its recipe): {message}")
             continue
-        planned = record.epochs_planned if record.epochs_planned is not None else "?"
-        seed = NO_VALUE if record.seed is None else record.seed
-        where = f"{outcome.status} after epoch {record.epochs_done}/{planned}"
-        lines.append(f"- {record.method} / {record.task}, seed {seed}: {where} \u2014 `{record.path}`: {message}")
+        where = f"{outcome.status} after epoch {progress(record)}"
+        lines.append(f"- {run_label(record)}: {where} \u2014 `{record.path}`: {message}")
     if not lines:
         return ""
     return "## Failed runs (an error ended them; not averaged)\n\n" + "\n".join(lines)
