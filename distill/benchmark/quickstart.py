@@ -51,9 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from distill.benchmark.verdict import compare, describe, summarise
-from distill.engine import train
+from distill.benchmark.workers import Job, Outcome, run_jobs
 from distill.engine.rundir import LAST_CHECKPOINT
-from distill.recipe import recipe_from_dict
 
 TEACHER_ARCH = "resnet20"
 STUDENT_ARCH = "resnet8"
@@ -121,6 +120,13 @@ CRD_KD = Student("crd_kd", f"student  {STUDENT_ARCH} + CRD + KD (CE + KD + 0.8·
 STUDENTS = (ALONE, KD, CRD_KD)
 TEACHER_KEY = "teacher"
 TEACHER_LABEL = f"teacher  {TEACHER_ARCH} (CE)"
+LABELS = {TEACHER_KEY: TEACHER_LABEL, **{s.key: s.label for s in STUDENTS}}
+SHORT_LABELS = {
+    TEACHER_KEY: f"teacher {TEACHER_ARCH}",
+    ALONE.key: f"{STUDENT_ARCH} alone",
+    KD.key: f"{STUDENT_ARCH} + KD",
+    CRD_KD.key: f"{STUDENT_ARCH} + CRD + KD",
+}
 
 
 def late_milestone(epochs: int) -> list[int]:
@@ -162,33 +168,53 @@ def quickstart_recipes(size: QuickstartSize, seed: int, teacher_checkpoint: str)
     return recipes
 
 
-def run_seed(output_dir: Path, size: QuickstartSize, seed: int, tensorboard: bool = True) -> dict[str, float]:
-    """Train the teacher, then the three students of one seed; returns last-epoch test top-1 per key."""
-    teacher_dir = output_dir / TEACHER_KEY
-    recipes = quickstart_recipes(size, seed, str(teacher_dir / LAST_CHECKPOINT))
-    labels = {TEACHER_KEY: TEACHER_LABEL, **{s.key: s.label for s in STUDENTS}}
-    top1 = {}
-    for key, data in recipes.items():
-        print(f"\n== seed {seed}: {labels[key]} ==", flush=True)
-        recipe = recipe_from_dict(data, source=f"quickstart:{key}")
-        top1[key] = train(recipe, run_dir=output_dir / key, tensorboard=tensorboard).final_top1
-    return top1
+def _job(output_dir: Path, seed: int, key: str, recipe: dict[str, Any], tensorboard: bool) -> Job:
+    return Job(f"quickstart seed {seed}, {LABELS[key]}", (seed, key), recipe, str(output_dir / f"seed{seed}" / key), tensorboard)
+
+
+def _finished_line(outcome: Outcome) -> str:
+    """One line per finished model for the parent's terminal (the run's full log is in its log.txt)."""
+    seed, key = outcome.job.tag
+    return f"seed {seed}: {SHORT_LABELS[key]:<22} {outcome.top1:5.1f} %  ({outcome.wall_s:.0f} s, {outcome.cpu_s:.0f} s CPU)"
 
 
 def run_quickstart(
-    output_dir: Path, size: QuickstartSize = FULL, seeds: Sequence[int] = DEFAULT_SEEDS, tensorboard: bool = True
+    output_dir: Path,
+    size: QuickstartSize = FULL,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    tensorboard: bool = True,
+    workers: int | None = None,
+    say: Callable[[str], None] = print,
 ) -> dict[str, list[float]]:
     """Run every seed (runs in ``output_dir/seed<S>/<key>``); returns per key the top-1 of each seed.
 
-    Also writes the numbers, the seeds and the size to ``output_dir/quickstart.json``.
+    The seeds run side by side in worker processes (:mod:`distill.benchmark.workers`,
+    at most ``workers``, default one per CPU): each seed's teacher first, then its three
+    students, which start as soon as their teacher is done. ``say`` gets one line per
+    finished model. Also writes the numbers, the seeds, the size and each run's wall and
+    CPU seconds to ``output_dir/quickstart.json``.
+
+    Raises:
+        DistillError: a run failed (the message names it and its log).
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results: dict[str, list[float]] = {}
-    for seed in seeds:
-        for key, value in run_seed(output_dir / f"seed{seed}", size, seed, tensorboard).items():
-            results.setdefault(key, []).append(value)
-    record = {"seeds": list(seeds), "size": asdict(size), "top1": results, "seconds": time.perf_counter() - started}
+    recipes = {seed: quickstart_recipes(size, seed, str(output_dir / f"seed{seed}" / TEACHER_KEY / LAST_CHECKPOINT)) for seed in seeds}
+
+    def then(outcome: Outcome) -> list[Job]:
+        say(_finished_line(outcome))
+        seed, key = outcome.job.tag
+        if key != TEACHER_KEY:
+            return []
+        return [_job(output_dir, seed, s.key, recipes[seed][s.key], tensorboard) for s in STUDENTS]
+
+    teachers = [_job(output_dir, seed, TEACHER_KEY, recipes[seed][TEACHER_KEY], tensorboard) for seed in seeds]
+    outcomes = {outcome.job.tag: outcome for outcome in run_jobs(teachers, then, workers)}
+    keys = [TEACHER_KEY, *(s.key for s in STUDENTS)]
+    results = {key: [outcomes[seed, key].top1 for seed in seeds] for key in keys}
+    runs = {f"seed{seed}/{key}": {"wall_s": round(outcomes[seed, key].wall_s, 1), "cpu_s": round(outcomes[seed, key].cpu_s, 1)}
+            for seed in seeds for key in keys}  # fmt: skip
+    record = {"seeds": list(seeds), "size": asdict(size), "top1": results, "seconds": time.perf_counter() - started, "runs": runs}
     (output_dir / RESULTS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return results
 
