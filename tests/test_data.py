@@ -323,6 +323,19 @@ def test_synthetic_train_augmentation_crops_and_flips() -> None:
     check_random_crops_and_flips(draws, dataset.images[4])
 
 
+def test_synthetic_crop_padding_scales_with_the_image_size() -> None:
+    # padded rows are exact zeros (generated pixels never are): at 16×16 a crop shifts by at most 2 rows
+    dataset = build_dataset("synthetic", "unused", train=True, train_size=20, image_size=16)
+    torch.manual_seed(0)
+    shifts = set()
+    for _ in range(200):
+        zero_rows = (dataset[4][0] == 0).all(dim=2).all(dim=0).tolist()
+        top = next(i for i, zero in enumerate(zero_rows) if not zero)
+        bottom = next(i for i, zero in enumerate(reversed(zero_rows)) if not zero)
+        shifts.add(max(top, bottom))
+    assert shifts == {0, 1, 2}
+
+
 # --- image folders -------------------------------------------------------------------------
 
 

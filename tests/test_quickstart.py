@@ -3,8 +3,10 @@ recipes, and the verdict rule (gain against spread → words) on hand-made numbe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 
 import pytest
 
@@ -24,8 +26,10 @@ from distill.benchmark.verdict import (
     describe,
     summarise,
 )
+from distill.benchmark.workers import Job, Outcome, console_file, run_jobs
 from distill.cli.main import main
 from distill.engine.metrics import read_metrics
+from distill.errors import DistillError
 from distill.recipe import recipe_from_dict
 
 # --- the verdict rule, against hand-made numbers -------------------------------------------
@@ -127,6 +131,18 @@ def test_reduced_quickstart_runs_four_models_per_seed_and_prints_the_verdicts(tm
     assert "The contrastive term (CRD + KD against KD):" in report
     recorded = json.loads((tmp_path / "quickstart.json").read_text())
     assert recorded["seeds"] == [0, 1] and set(recorded["top1"]) == {"teacher", *(s.key for s in STUDENTS)}
+    # the runs went to worker processes: the parent shows one line per finished model, no progress lines
+    progress = out[: out.index("Last-epoch test top-1")]
+    finished = [line for line in progress.splitlines() if line.startswith("seed ")]
+    assert len(finished) == 8 and "step " not in progress and "epoch 1/1" not in progress
+    for seed in (0, 1):
+        mine = [line for line in finished if line.startswith(f"seed {seed}: ")]
+        assert "teacher resnet20" in mine[0] and "s CPU)" in mine[0]  # the teacher before its students
+        assert f"{recorded['top1']['teacher'][seed]:5.1f} %" in mine[0]
+        for key in ("teacher", "alone", "kd", "crd_kd"):
+            assert recorded["runs"][f"seed{seed}/{key}"]["cpu_s"] > 0
+            assert "epoch 1/1 step " in console_file(tmp_path / f"seed{seed}" / key).read_text()  # the progress went here
+    assert "s of CPU in all processes" in out
     for seed in (0, 1):
         for run, term in (("teacher", "ce"), ("alone", "ce"), ("kd", "kd"), ("crd_kd", "crd")):
             rows = [r for r in read_metrics(tmp_path / f"seed{seed}" / run) if "test/top1" in r]
@@ -144,3 +160,45 @@ def test_seed_options(tmp_path, capsys):
     assert chosen_seeds(parser.parse_args(["quickstart", "--seeds", "3", "1", "3"])) == [3, 1]
     assert main(["quickstart", "--reduced", "--seeds", "-1", "--output", str(tmp_path)]) == 2
     assert "seeds must be integers ≥ 0" in capsys.readouterr().err
+
+
+# --- worker failures reach the parent --------------------------------------------------------
+
+
+def test_a_user_error_in_a_worker_ends_the_command_with_its_message(tmp_path, capsys, monkeypatch):
+    from distill.benchmark import quickstart
+
+    # 4-pixel images are refused by the synthetic dataset, inside the worker's run
+    monkeypatch.setattr(quickstart, "REDUCED", dataclasses.replace(REDUCED, image_size=4))
+    assert main(["quickstart", "--reduced", "--seeds", "3", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "quickstart seed 3, teacher  resnet20 (CE) failed:" in err and "image_size" in err
+    assert str(tmp_path / "seed3" / "teacher" / "log.txt") in err
+    assert not (tmp_path / "quickstart.json").exists()
+
+
+def _die(job: Job) -> Outcome:
+    os._exit(3)
+
+
+def _teacher_then_students(job: Job) -> Outcome:
+    return Outcome(job, 50.0, 0.0, 0.0)
+
+
+def test_a_worker_process_that_dies_is_reported_by_name(tmp_path):
+    job = Job("quickstart seed 0, teacher", (0, "teacher"), {}, str(tmp_path / "teacher"))
+    with pytest.raises(DistillError, match=r"quickstart seed 0, teacher failed: its worker process died"):
+        run_jobs([job], lambda outcome: [], workers=1, worker=_die)
+
+
+def test_follow_up_jobs_run_after_the_job_that_asked_for_them(tmp_path):
+    seen = []
+
+    def then(outcome):
+        seen.append(outcome.job.tag)
+        return [Job(f"student {i}", ("student", i), {}, str(tmp_path / f"s{i}")) for i in range(3)] if outcome.job.tag == "teacher" else []
+
+    outcomes = run_jobs([Job("teacher", "teacher", {}, str(tmp_path / "t"))], then, workers=2, worker=_teacher_then_students)
+    assert seen[0] == "teacher" and sorted(seen[1:]) == [("student", i) for i in range(3)]
+    assert [o.job.tag for o in outcomes] == seen

@@ -12,6 +12,7 @@ doubles as a smoke test of an installation. Its numbers say nothing about CIFAR-
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -51,24 +52,45 @@ def chosen_seeds(args: argparse.Namespace) -> list[int]:
     return seeds
 
 
+def _run(output: Path, size, seeds: list[int], workers: int) -> dict[str, list[float]]:
+    from distill.benchmark.quickstart import run_quickstart
+
+    print(
+        f"Training, for each of {len(seeds)} seed(s), a teacher then three students, up to {workers} runs at a time "
+        f"in worker processes, one thread each (one line per finished model; each run's log: {output}/seed<S>/<model>/log.txt)",
+        flush=True,
+    )
+    return run_quickstart(output, size, seeds, workers=workers, say=lambda line: print(line, flush=True))
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished child processes (the workers)."""
+    try:
+        import resource
+    except ImportError:  # Windows: this process only
+        return time.process_time()
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run(args: argparse.Namespace) -> int:
     from distill.benchmark.quickstart import (
         FULL,
         REDUCED,
         format_report,
-        run_quickstart,
     )
 
     size = REDUCED if args.reduced else FULL
     seeds = chosen_seeds(args)
+    workers = os.cpu_count() or 1
     print(DISCLAIMER, flush=True)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     if args.output:
-        results = run_quickstart(Path(args.output), size, seeds)
+        results = _run(Path(args.output), size, seeds, workers)
     else:
         with tempfile.TemporaryDirectory(prefix="distill-quickstart-") as folder:
-            results = run_quickstart(Path(folder), size, seeds)
+            results = _run(Path(folder), size, seeds, workers)
     print("\n" + format_report(results, seeds, size))
-    print(f"\ntotal {time.perf_counter() - started:.0f} s. {DISCLAIMER}")
+    print(f"\ntotal {time.perf_counter() - started:.0f} s ({_cpu_seconds() - cpu:.0f} s of CPU in all processes). {DISCLAIMER}")
     print("Next: 'distill recipes' lists the CIFAR-100 recipes; README.md says how to run one.")
     return 0

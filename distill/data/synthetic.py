@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from distill.data.registry import register_dataset
-from distill.data.transforms import tensor_augment
+from distill.data.transforms import CROP_PADDING, tensor_augment
 from distill.errors import DataError
 
 
@@ -202,6 +202,15 @@ def generate(
     return images, labels
 
 
+def crop_padding(image_size: int) -> int:
+    """The random crop's padding, scaled like the images' geometry: 4 pixels at 32×32, 2 at 16×16.
+
+    A fixed 4 pixels would shift a 16×16 image by a quarter of its width, pushing the
+    constellations partly out of view, a much harsher augmentation than at 32×32.
+    """
+    return max(1, round(CROP_PADDING * image_size / 32))
+
+
 class SyntheticDataset(Dataset):
     """One split of the generated dataset, held in memory; items are ``(image, label, index)``."""
 
@@ -221,7 +230,7 @@ class SyntheticDataset(Dataset):
         self.classes = [
             f"group{int(groups[c])}_class{c:0{len(str(num_classes - 1))}d}" for c in range(num_classes)
         ]
-        self.transform = tensor_augment(image_size) if augment else None
+        self.transform = tensor_augment(image_size, crop_padding(image_size)) if augment else None
         self._image_size = image_size
 
     def __len__(self) -> int:
