@@ -4,10 +4,11 @@ torch runs its CPU kernels on one OpenMP thread per core, and by default an
 OpenMP thread that waits for the others *spins* (``OMP_WAIT_POLICY`` unset:
 active wait). When another process holds one of the cores, every parallel
 region waits for the thread that cannot run, while the spinning one burns the
-core it has: on 2 cores with one busy, a resnet8x4 student fell from ~250 to
-~19 images/s. With ``OMP_WAIT_POLICY=PASSIVE`` a waiting thread sleeps, so a
-busy core costs a share of the speed instead of nearly all of it
-(``tools/bench_threads.py`` measures the choices).
+core it has: on this project's 2-core machine a resnet8x4 student fell from 93
+to 33 images/s when another process took one core (an issue reported ~250 to ~19
+elsewhere). With ``OMP_WAIT_POLICY=PASSIVE`` a waiting thread sleeps, so a busy
+core costs a share of the speed instead (80 to 48 images/s; 13 % slower on an idle
+machine): ``tools/bench_threads.py`` measures the choices, BENCHMARKS.md has the figures.
 
 OpenMP reads these variables once, when torch loads, so :func:`configure_cpu_threads`
 runs at the very start of the ``distill`` command, before anything imports torch.
