@@ -97,7 +97,7 @@ def test_two_processes_hold_identical_banks_equal_to_one_process(loss_type, tmp_
 
     # One process fed the same global batches (heads identical: same seed) ends with the same banks.
     from distill.losses import Batch, LossContext, build_loss
-    from distill.models.features import FeatureRecord, FeatureShapes
+    from distill.models.features import FeatureShapes
 
     shapes = FeatureShapes(maps=[], preact_maps=[], pooled=(6,), logits=(4,))
     context = LossContext(student=shapes, teacher=shapes, num_classes=4, dataset_size=40, labels=torch.arange(40) % 4, batch_size=8)

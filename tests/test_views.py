@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 from distill.cli.main import main
-from distill.data import build_dataset
 from distill.data.transforms import normalize_batch
 from distill.data.views import STANDARD, TwoViews, build_views, view_options
 from distill.engine.loaders import build_datasets, build_loaders
