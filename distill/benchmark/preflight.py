@@ -16,25 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import yaml
 
 from distill.engine.loaders import build_datasets
-from distill.engine.resume import plan_run_dir, recipe_differences, recorded_recipe
+from distill.engine.resume import plan_run_dir, recipe_differences, recorded_form, recorded_recipe
 from distill.errors import DistillError
-from distill.recipe import DataSpec, Recipe, load_recipe, recipe_to_yaml
-from distill.recipe.load import resolve_teacher_checkpoint
+from distill.recipe import DataSpec, Recipe, load_recipe
+from distill.recipe.load import missing_checkpoints, resolve_teacher_checkpoint
 
 
 def load_cell_recipe(recipe_path: Path, overrides: Sequence[str], seed: int) -> Recipe:
     """The recipe a sweep runs for one cell: the task recipe, the sweep's overrides, then the cell's seed."""
     return load_recipe(recipe_path, [*overrides, f"seed={seed}"])
-
-
-def recorded_form(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as plain data, the way a run directory's ``recipe.yaml`` records it."""
-    return yaml.safe_load(recipe_to_yaml(recipe))
 
 
 def settings_differences(run_dir: Path, recipe: Recipe) -> list[str]:
@@ -61,20 +54,16 @@ def run_dir_problems(run_dir: Path) -> list[str]:
 
 
 def checkpoint_problems(recipe: Recipe) -> list[str]:
-    """The teacher (and student) checkpoint files the recipe names that cannot be found."""
-    problems = []
+    """The teacher (and student) checkpoint files the recipe names that cannot be found.
+
+    Resolves the teacher's file into ``recipe`` (a cell's own, freshly loaded copy) as a start does.
+    """
     if recipe.teacher is not None:
         try:
-            teacher_file = resolve_teacher_checkpoint(recipe.teacher)
+            recipe.teacher.checkpoint = resolve_teacher_checkpoint(recipe.teacher)
         except DistillError as error:
-            problems.append(f"teacher: {error}")
-        else:
-            if not Path(teacher_file).is_file():
-                problems.append(f"teacher.checkpoint: file {teacher_file} does not exist")
-    student_file = recipe.student.checkpoint
-    if student_file is not None and not Path(student_file).is_file():
-        problems.append(f"student.checkpoint: file {student_file} does not exist")
-    return problems
+            return [f"teacher: {error}", *(message for role, message in missing_checkpoints(recipe) if role == "student")]
+    return [message for _, message in missing_checkpoints(recipe)]
 
 
 class DataChecks:

@@ -35,6 +35,7 @@ from distill.engine.rundir import (
     is_finished,
 )
 from distill.errors import DistillError
+from distill.recipe import Recipe, recipe_to_yaml
 from distill.recipe.load import flatten_recipe
 
 RESULT_NEUTRAL_KEYS = (
@@ -148,6 +149,11 @@ def recipe_differences(recorded: dict[str, Any], current: dict[str, Any]) -> lis
         f"{key}: run has {old.get(key, '<unset>')!r}, now {new.get(key, '<unset>')!r}"
         for key in differing_keys(recorded, current)
     ]
+
+
+def recorded_form(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as plain data, the way a run directory's ``recipe.yaml`` records it (to compare with one)."""
+    return yaml.safe_load(recipe_to_yaml(recipe))
 
 
 def recorded_recipe(run_dir: Path) -> dict[str, Any] | None:

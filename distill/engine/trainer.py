@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object
@@ -51,6 +50,7 @@ from distill.engine.resume import (
     check_same_teacher,
     clear_for_restart,
     differing_keys,
+    recorded_form,
     plan_run_dir,
     remove_stale_temporaries,
 )
@@ -80,7 +80,7 @@ from distill.models.options import ModelOptionError, check_reserved_options
 from distill.models.probe import probe_model
 from distill.recipe import Recipe, recipe_to_dict, recipe_to_yaml
 from distill.recipe.schema import ModelSpec, TeacherSpec
-from distill.recipe.load import resolve_teacher_checkpoint
+from distill.recipe.load import missing_checkpoints, resolve_teacher_checkpoint
 from distill.teachers.manifest import sha256_file
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -232,14 +232,12 @@ class Trainer:
             self._build()  # before the run directory is touched: bad input leaves nothing behind
             if dry_run:
                 self.plan = plan
+                self._release_lock()
                 return
             self.run_dir = self._open_run_dir(plan)
         except BaseException:
             self._release_lock()
             raise
-        finally:
-            if dry_run:
-                self._release_lock()
         self._log_file = (self.run_dir / LOG_FILE).open("a", encoding="utf-8") if self.is_main else None
         try:
             self._prepare(plan, checkpoint, tensorboard)
@@ -298,17 +296,19 @@ class Trainer:
         teacher = self.recipe.teacher
         if teacher is not None:
             teacher.checkpoint = resolve_teacher_checkpoint(teacher)
-        for role, spec in (("student", self.recipe.student), ("teacher", teacher)):
+        for spec in (self.recipe.student, teacher):
             if spec is not None and spec.checkpoint is not None:
                 spec.checkpoint = str(Path(spec.checkpoint).absolute())  # recipe.yaml must work from any folder
-            if spec is not None and spec.checkpoint is not None and not Path(spec.checkpoint).is_file():
-                hint = (
-                    " Fetch a published teacher ('distill teachers fetch <name>', then use teacher.name=<name>) "
-                    "or train one with 'distill train recipes/cifar100/teachers/<arch>.yaml'."
-                    if role == "teacher"
-                    else ""
-                )
-                raise DistillError(f"{role}.checkpoint: file {spec.checkpoint} does not exist.{hint}")
+        missing = missing_checkpoints(self.recipe)
+        if missing:
+            role, message = missing[0]
+            hint = (
+                " Fetch a published teacher ('distill teachers fetch <name>', then use teacher.name=<name>) "
+                "or train one with 'distill train recipes/cifar100/teachers/<arch>.yaml'."
+                if role == "teacher"
+                else ""
+            )
+            raise DistillError(f"{message}.{hint}")
 
     def _on_main(self, decide: Callable[[], Any]) -> Any:
         """Run ``decide`` on the main process and hand every process its result, or its error."""
@@ -341,8 +341,7 @@ class Trainer:
             plan = plan_run_dir(path, extend_finished=force)
             changed: list[str] = []
             if plan.resumes or plan.restart:
-                current = yaml.safe_load(recipe_to_yaml(self.recipe))
-                for difference in check_same_recipe(plan.path, current, force=force):
+                for difference in check_same_recipe(plan.path, recorded_form(self.recipe), force=force):
                     self._forced.append(f"recipe {difference}")
             if plan.resumes:
                 checkpoint = load_run_checkpoint(plan.checkpoint)

@@ -204,6 +204,19 @@ def resolve_teacher_checkpoint(teacher: TeacherSpec) -> str:
     return str(load_manifest(teacher.manifest).require_checkpoint(teacher.name))
 
 
+def missing_checkpoints(recipe: Recipe) -> list[tuple[str, str]]:
+    """``(role, "role.checkpoint: file PATH does not exist")`` for each checkpoint file the recipe names that is missing.
+
+    The teacher's file must be resolved first (:func:`resolve_teacher_checkpoint`);
+    a start refuses on the first of these, a dry run lists them all.
+    """
+    return [
+        (role, f"{role}.checkpoint: file {spec.checkpoint} does not exist")
+        for role, spec in (("student", recipe.student), ("teacher", recipe.teacher))
+        if spec is not None and spec.checkpoint is not None and not Path(spec.checkpoint).is_file()
+    ]
+
+
 def _load_plugins(composed: ComposedRecipe) -> None:
     """Import the recipe's plugins before anything is looked up in a registry.
 
