@@ -41,7 +41,7 @@ def random_teachers(tmp_path_factory) -> Path:
     ``teacher: {name: ...}`` resolve their checkpoints the way a user's run does.
     """
     from distill.models import create_model
-    from distill.teachers import load_manifest
+    from distill.recipe.manifest import load_manifest
 
     root = tmp_path_factory.mktemp("teachers")
     manifest_path = root / "cifar100.yaml"

@@ -11,7 +11,7 @@ import pytest
 from distill.cli.main import main
 from distill.engine.metrics import read_metrics
 from distill.errors import DistillError
-from distill.recipe import load_recipe
+from distill.recipe.load import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 TUTORIAL = REPO / "docs" / "custom-loss.md"
@@ -121,6 +121,6 @@ def test_bad_loss_values_stop_on_the_first_batch(body, message, fake_cifar100, t
     recipe = plugin_recipe(tmp_path, code, loss_type, name=f"{loss_type}.py")
     overrides = [f"data.root={fake_cifar100}", "data.verify=false", "data.num_workers=0", "schedule.epochs=1"]
     with pytest.raises(DistillError, match=message):
-        from distill.engine import train
+        from distill.engine.trainer import train
 
         train(load_recipe(recipe, overrides), run_dir=tmp_path / "run", tensorboard=False)

@@ -16,7 +16,7 @@ from distill.engine.checkpoint import atomic_save
 from distill.engine.distiller import Distiller
 from distill.engine.metrics import topk_correct
 from distill.engine.optim import build_optimizer, build_scheduler
-from distill.engine.rundir import RunDirLock, claim_new_run_dir, claim_run_dir, new_run_dir
+from distill.files.rundir import RunDirLock, claim_new_run_dir, claim_run_dir, new_run_dir
 from distill.engine.teacher import FrozenTeacher
 from distill.errors import CheckpointError, DistillError
 from distill.losses import Batch, DistillLoss, LossContext, build_loss, register_loss
@@ -110,7 +110,7 @@ def test_runs_named_in_the_same_second_by_racing_processes_get_distinct_director
     """Eight processes claim the same time-stamped name at once: each must get its own directory."""
     script = (
         "import sys; from pathlib import Path\n"
-        "from distill.engine.rundir import claim_new_run_dir, new_run_dir\n"
+        "from distill.files.rundir import claim_new_run_dir, new_run_dir\n"
         "print(claim_new_run_dir(new_run_dir(Path(sys.argv[1]), 'cifar100/kd/a-b', now=0)))\n"
     )
     processes = [
@@ -127,7 +127,7 @@ def test_a_run_directory_lock_refuses_a_second_holder_and_names_the_first(tmp_pa
     first.acquire()
     script = (
         "import sys; from pathlib import Path\n"
-        "from distill.engine.rundir import RunDirLock, RunDirBusyError\n"
+        "from distill.files.rundir import RunDirLock, RunDirBusyError\n"
         "try:\n    RunDirLock(Path(sys.argv[1])).acquire()\nexcept RunDirBusyError as e:\n    print(e); sys.exit(3)\n"
     )
     refused = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)

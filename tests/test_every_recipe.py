@@ -15,8 +15,9 @@ import torch
 from distill.benchmark.tasks import TASKS, TEACHERS
 from distill.cli.recipes import list_recipes
 from distill.engine.trainer import Trainer
-from distill.recipe import load_recipe
-from distill.teachers import MANIFEST_ENV, load_manifest
+from distill.recipe.resolve import resolve_recipe
+from distill.recipe.load import load_recipe
+from distill.recipe.manifest import MANIFEST_ENV, load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
@@ -56,10 +57,10 @@ def test_recipe_builds_and_takes_one_step(relative, random_teachers, fake_cifar1
             (task.teacher, task.student),
             (None, task.student),  # the vanilla baseline
         }
-    trainer = Trainer(recipe, tmp_path / "run", tensorboard=False, echo=lambda line: None)
+    trainer = Trainer(resolve_recipe(recipe), tmp_path / "run", tensorboard=False, echo=lambda line: None)
     if recipe.teacher is not None:
         expected = load_manifest(random_teachers).locate(recipe.teacher.name)
-        assert Path(recipe.teacher.checkpoint) == expected  # resolved through the manifest
+        assert Path(trainer.recipe.teacher.checkpoint) == expected  # resolved through the manifest
     student = trainer.unwrapped.student
     before = [p.detach().clone() for p in student.parameters()]
     generator = torch.Generator().manual_seed(0)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distill.engine import Trainer
+from distill.engine.trainer import Trainer
+
+from distill.recipe.resolve import resolve_recipe
 from distill.engine.metrics import read_metrics
 from distill.losses import DistillLoss, InitStage, LossContext, register_loss
-from distill.recipe import recipe_from_dict
+from distill.recipe.load import recipe_from_dict
 
 
 @register_loss("test-staged")
@@ -50,7 +52,7 @@ def recipe(data_root, teacher, **init):
 
 
 def test_the_init_stage_trains_its_modules_and_the_student_features_first(fake_cifar100, tiny_teacher, tmp_path):
-    trainer = Trainer(recipe(fake_cifar100, tiny_teacher), tmp_path / "run", tensorboard=False)
+    trainer = Trainer(resolve_recipe(recipe(fake_cifar100, tiny_teacher)), tmp_path / "run", tensorboard=False)
     loss = trainer.unwrapped.losses["staged"]
     regressor_before = loss.regressor.weight.clone()
     conv_before = trainer.unwrapped.student.conv1.weight.clone()
@@ -68,7 +70,7 @@ def test_the_init_stage_trains_its_modules_and_the_student_features_first(fake_c
 
 
 def test_the_recipe_overrides_the_declared_epochs_and_lr(fake_cifar100, tiny_teacher, tmp_path, capsys):
-    result = Trainer(recipe(fake_cifar100, tiny_teacher, epochs=1, lr=0.123), tmp_path / "run", tensorboard=False).fit()
+    result = Trainer(resolve_recipe(recipe(fake_cifar100, tiny_teacher, epochs=1, lr=0.123)), tmp_path / "run", tensorboard=False).fit()
     out = capsys.readouterr().out
     assert "init stage of staged: 1 epochs at lr 0.123" in out
     rows = read_metrics(result.run_dir)

@@ -30,7 +30,7 @@ from distill.benchmark.workers import Job, Outcome, console_file, run_jobs
 from distill.cli.main import main
 from distill.engine.metrics import read_metrics
 from distill.errors import DistillError
-from distill.recipe import recipe_from_dict
+from distill.recipe.load import recipe_from_dict
 
 # --- the verdict rule, against hand-made numbers -------------------------------------------
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from distill.errors import RecipeError
-from distill.recipe import load_recipe, recipe_from_dict, recipe_to_yaml
+from distill.recipe.load import load_recipe, recipe_from_dict
+from distill.recipe.serialize import recipe_to_yaml
 from distill.recipe.compose import compose_file
 
 REPO = Path(__file__).resolve().parent.parent

@@ -86,11 +86,12 @@ def test_skip_nonfinite_drops_bad_steps_up_to_its_budget(plugin, fake_cifar100, 
 
 def test_a_skipped_step_changes_no_parameter_and_no_optimiser_state(plugin, fake_cifar100, tiny_teacher, tmp_path):
     from distill.engine.trainer import Trainer
-    from distill.recipe import load_recipe
+    from distill.recipe.resolve import resolve_recipe
+    from distill.recipe.load import load_recipe
 
     bad = "{type: bad_at_steps, weight: 1.0, steps: [2]}"
     recipe = load_recipe(KD_RECIPE, [*kd_overrides(fake_cifar100, tiny_teacher, "skip_nonfinite=1"), *with_loss(plugin, bad)])
-    trainer = Trainer(recipe, tmp_path / "run", tensorboard=False, echo=lambda line: None)
+    trainer = Trainer(resolve_recipe(recipe), tmp_path / "run", tensorboard=False, echo=lambda line: None)
     trainer.train_loader.set_epoch(1)
     batches = iter(trainer.train_loader)
     trainer.train_step(*next(batches))

@@ -394,7 +394,7 @@ def test_cli_without_runs_exits_2_with_a_hint(tmp_path, capsys):
 
 def failed_runs(root: Path) -> dict[str, Path]:
     """Beside ``runs_dir``: runs an error ended, one stopped on request, one killed without a word."""
-    from distill.engine.rundir import write_outcome
+    from distill.files.rundir import write_outcome
 
     nonfinite = write_run(root / "crd" / R32_R8 / "seed3", f"cifar100/crd/{R32_R8}", "resnet8x4", "resnet32x4", 3, [20.0, 25.0])
     write_outcome(nonfinite, "nonfinite", "non-finite loss in epoch 3, batch 7 (loss/crd = nan)")
@@ -464,7 +464,7 @@ def test_report_lists_failed_runs_with_their_error_apart_from_incomplete_ones(ru
 
 
 def test_a_cell_with_only_failed_runs_says_so(tmp_path):
-    from distill.engine.rundir import write_outcome
+    from distill.files.rundir import write_outcome
 
     write_outcome(write_run(tmp_path / "a", f"cifar100/dkd/{VGG}", "vgg8", "vgg13", 0, []), "failed", "boom")
     write_run(tmp_path / "b", f"cifar100/dkd/{VGG}", "vgg8", "vgg13", 1, [31.0])

@@ -44,7 +44,7 @@ from distill.engine.resume import (
     remove_stale_temporaries,
 )
 from distill.engine.rng import capture_rng_state, restore_rng_state
-from distill.engine.rundir import METRICS_FILE, RUN_ENTRIES
+from distill.files.rundir import METRICS_FILE, RUN_ENTRIES
 from distill.losses.contrastive.memory_bank import EmbeddingQueue, MomentumMemoryBank
 
 

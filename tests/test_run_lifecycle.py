@@ -26,7 +26,7 @@ import torch
 from distill.cli.main import main
 from distill.engine import checkpoint as checkpoint_module
 from distill.engine.metrics import read_metrics
-from distill.engine.rundir import RunDirLock, read_outcome
+from distill.files.rundir import RunDirLock, read_outcome
 from distill.engine.signals import EXIT_STOPPED
 from kd_runs import KD_RECIPE, STEP_LOSSES, TESTS, kd_overrides, train
 

@@ -26,7 +26,7 @@ from distill.engine.launch import (
     resume_command,
     stopped_exit_note,
 )
-from distill.engine.rundir import read_outcome
+from distill.files.rundir import read_outcome
 from distill.engine.signals import EXIT_STOPPED, stopped_message
 
 REPO = Path(__file__).resolve().parent.parent

@@ -16,8 +16,9 @@ import torch
 from distill.engine.distiller import as_float32
 from distill.engine.teacher import FrozenTeacher
 from distill.engine.trainer import Trainer
+from distill.recipe.resolve import resolve_recipe
 from distill.models import create_model
-from distill.recipe import load_recipe
+from distill.recipe.load import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 KD_RECIPE = REPO / "recipes/cifar100/kd/resnet32x4-resnet8x4.yaml"
@@ -34,7 +35,7 @@ def build(fake_cifar100: Path, teacher: Path, run_dir: Path, extra: list[str]) -
             "losses.crd={weight: 0.8, num_negatives: 64}", *extra,
         ],
     )  # fmt: skip
-    return Trainer(recipe, run_dir, tensorboard=False, echo=lambda line: None)
+    return Trainer(resolve_recipe(recipe), run_dir, tensorboard=False, echo=lambda line: None)
 
 
 def run_steps(trainer: Trainer) -> list[dict[str, float]]:

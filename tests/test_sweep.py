@@ -22,7 +22,7 @@ import pytest
 from distill.benchmark.sweep import parse_seeds, parse_tasks, plan
 from distill.cli.main import main
 from distill.errors import DistillError
-from distill.teachers import MANIFEST_ENV
+from distill.recipe.manifest import MANIFEST_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes" / "cifar100"

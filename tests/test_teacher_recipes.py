@@ -16,11 +16,12 @@ import torch
 from distill.benchmark.tasks import TEACHERS
 from distill.cli.main import main
 from distill.engine.trainer import Trainer
+from distill.recipe.resolve import resolve_recipe
 from distill.errors import DistillError, RecipeError
 from distill.models import create_model
-from distill.recipe import load_recipe
+from distill.recipe.load import load_recipe
 from distill.recipe.yaml_io import read_yaml_file
-from distill.teachers import MANIFEST_ENV, load_manifest
+from distill.recipe.manifest import MANIFEST_ENV, load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 KD_RECIPE = REPO / "recipes/cifar100/kd/resnet56-resnet20.yaml"
@@ -84,7 +85,7 @@ def test_a_missing_teacher_file_names_the_fetch_and_train_commands(empty_manifes
 def test_a_run_records_the_teacher_file_it_used(random_teachers, fake_cifar100, tmp_path, monkeypatch):
     monkeypatch.setenv(MANIFEST_ENV, str(random_teachers))
     recipe = load_recipe(KD_RECIPE, [*data_overrides(fake_cifar100), "schedule.epochs=1"])
-    trainer = Trainer(recipe, tmp_path / "run", tensorboard=False, echo=lambda line: None)
+    trainer = Trainer(resolve_recipe(recipe), tmp_path / "run", tensorboard=False, echo=lambda line: None)
     trainer.fit()
     stored = read_yaml_file(tmp_path / "run" / "recipe.yaml")["teacher"]
     assert stored["name"] == "resnet56"
@@ -126,7 +127,8 @@ def test_a_trained_teacher_is_found_by_the_next_distillation(empty_manifest, fak
 def test_an_explicit_checkpoint_wins_over_the_manifest(empty_manifest, tiny_teacher, fake_cifar100, tmp_path):
     recipe = load_recipe(KD_RECIPE, [*data_overrides(fake_cifar100), "teacher.name=null", "teacher.arch=resnet14",
                                      f"teacher.checkpoint={tiny_teacher}"])
-    Trainer(recipe, tmp_path / "run", tensorboard=False, echo=lambda line: None)
-    assert recipe.teacher.checkpoint == str(tiny_teacher)
+    resolved = resolve_recipe(recipe)
+    Trainer(resolved, tmp_path / "run", tensorboard=False, echo=lambda line: None)
+    assert resolved.recipe.teacher.checkpoint == str(tiny_teacher)
     with pytest.raises(DistillError, match="does not exist"):
-        Trainer(load_recipe(KD_RECIPE, ["teacher.checkpoint=/nonexistent.pth"]), tmp_path / "run2")
+        resolve_recipe(load_recipe(KD_RECIPE, ["teacher.checkpoint=/nonexistent.pth"]))

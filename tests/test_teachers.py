@@ -18,25 +18,15 @@ import pytest
 import torch
 
 from distill.benchmark.tasks import TEACHERS
-from distill.cli.eval import evaluate_checkpoint
+from distill.engine.eval_checkpoint import evaluate_checkpoint
 from distill.cli.main import main
 from distill.errors import DistillError, UnknownNameError
 from distill.models import create_model
-from distill.teachers import (
-    MANIFEST_ENV,
-    FetchError,
-    ManifestError,
-    Source,
-    default_manifest_path,
-    fetch,
-    fetch_all,
-    load_manifest,
-    read_verified,
-    record_sha256,
-    sha256_file,
-    status,
-    verify,
-)
+from distill.files.hashing import sha256_file
+from distill.recipe.manifest import MANIFEST_ENV, ManifestError, Source, default_manifest_path, load_manifest
+from distill.teachers.fetch import FetchError, fetch, fetch_all
+from distill.teachers.records import read_verified, record_sha256, status
+from distill.teachers.verify import verify
 
 REPO = Path(__file__).resolve().parent.parent
 CLOSED_PORT = "http://127.0.0.1:9"

@@ -20,7 +20,7 @@ from distill.data.views import STANDARD, TwoViews, build_views, view_options
 from distill.engine.loaders import build_datasets, build_loaders
 from distill.engine.metrics import read_metrics
 from distill.errors import DataError, DistillError, RecipeError
-from distill.recipe import load_recipe
+from distill.recipe.load import load_recipe
 from distill.recipe.schema import DataSpec, ViewSpec, ViewsSpec
 
 REPO = Path(__file__).resolve().parent.parent

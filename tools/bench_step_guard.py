@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distill.data import write_fake_cifar  # noqa: E402
 from distill.engine.trainer import Trainer  # noqa: E402
+from distill.recipe.resolve import resolve_recipe  # noqa: E402
 from distill.models import create_model  # noqa: E402
-from distill.recipe import load_recipe  # noqa: E402
+from distill.recipe.load import load_recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes/cifar100/crd/resnet32x4-resnet8x4.yaml"
@@ -50,7 +51,7 @@ def main() -> None:
         recipe = load_recipe(RECIPE, overrides)
         torch.manual_seed(0)
         torch.save({"model": create_model(recipe.teacher.arch).state_dict()}, root / "teacher.pth")
-        trainer = Trainer(recipe, root / "run", tensorboard=False, echo=lambda line: None)
+        trainer = Trainer(resolve_recipe(recipe), root / "run", tensorboard=False, echo=lambda line: None)
         device = trainer.accelerator.device
         trainer.train_loader.set_epoch(1)
         batches = list(trainer.train_loader)

@@ -65,10 +65,11 @@ from distill.data import write_fake_cifar  # noqa: E402
 from distill.data.cifar import CIFAR100Dataset  # noqa: E402
 from distill.data.transforms import CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
 from distill.engine.trainer import Trainer  # noqa: E402
+from distill.recipe.resolve import resolve_recipe  # noqa: E402
 from distill.losses import Batch, LossContext  # noqa: E402
 from distill.losses.contrastive.loss import CRDLoss  # noqa: E402
 from distill.models import FeatureRecord, create_model, probe_feature_shapes  # noqa: E402
-from distill.recipe import load_recipe  # noqa: E402
+from distill.recipe.load import load_recipe  # noqa: E402
 
 METHODS = ("kd", "crd", "crd_kd")
 DEFAULT_PAIR = "resnet32x4-resnet8x4"
@@ -371,7 +372,7 @@ def build_fast(
         *args.override,
     ]
     recipe = load_recipe(recipe_path(method, args.teacher, args.student), overrides)
-    trainer = Trainer(recipe, scratch / "runs" / f"fast-{method}", tensorboard=False, echo=lambda line: None)
+    trainer = Trainer(resolve_recipe(recipe), scratch / "runs" / f"fast-{method}", tensorboard=False, echo=lambda line: None)
     trainer.distiller.train()
 
     def step(batch: Any) -> None:

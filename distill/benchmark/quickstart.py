@@ -5,7 +5,7 @@ look-alike classes), a small student given **few training images** learns more f
 teacher's soft labels than from its own labels alone. This is the setting where
 distillation is known to help most, and the output says plainly that it is this setting.
 It uses the real recipe validation (``recipe_from_dict``) and trainer
-(``distill.engine.train``), so it doubles as a smoke test of an installation.
+(``distill.engine.trainer.train``), so it doubles as a smoke test of an installation.
 
 The settings are fixed here, one sentence each on why:
 
@@ -73,7 +73,7 @@ from typing import Any
 
 from distill.benchmark.verdict import compare, describe, summarise
 from distill.benchmark.workers import Job, Outcome, run_jobs
-from distill.engine.rundir import LAST_CHECKPOINT
+from distill.files.rundir import LAST_CHECKPOINT
 
 TEACHER_ARCH = "resnet20"
 STUDENT_ARCH = "resnet8"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.benchmark.tasks import TASKS
-from distill.engine.rundir import (
+from distill.files.rundir import (
     OUTCOME_FILE,
     RECIPE_FILE,
     SUMMARY_FILE,

@@ -34,9 +34,11 @@ from distill.benchmark.preflight import (
     start_problems,
 )
 from distill.benchmark.tasks import TASKS, get_task
-from distill.engine.rundir import LAST_CHECKPOINT, RECIPE_FILE, is_finished, read_outcome
+from distill.files.rundir import LAST_CHECKPOINT, RECIPE_FILE, is_finished, read_outcome
 from distill.engine.signals import TrainingStopped
+from distill.engine.trainer import train
 from distill.errors import DistillError
+from distill.recipe.load import load_recipe
 from distill.registry import did_you_mean
 
 DONE, UNFINISHED, FAILED, PENDING = "done", "unfinished", "failed", "pending"
@@ -222,9 +224,6 @@ def train_arguments(cell: SweepCell, overrides: Sequence[str], tensorboard: bool
 
 def run_in_process(cell: SweepCell, overrides: Sequence[str], tensorboard: bool) -> None:
     """Train one cell in this process (the sequential mode)."""
-    from distill.engine import train
-    from distill.recipe import load_recipe
-
     recipe = load_recipe(cell.recipe, [*overrides, f"seed={cell.seed}"])
     train(recipe, run_dir=cell.run_dir, tensorboard=tensorboard)
 

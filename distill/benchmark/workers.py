@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from distill.engine import train
+from distill.engine.trainer import train
 from distill.errors import DistillError
-from distill.recipe import recipe_from_dict
+from distill.recipe.load import recipe_from_dict
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from distill.errors import DataError, DistillError
-from distill.teachers.manifest import (
-    STATUSES,
-    TeacherManifest,
-    display_path,
-    load_manifest,
-    status,
-)
+from distill.files.display import display_path
 
 if TYPE_CHECKING:
     from distill.data.advice import DataSettings
+    from distill.recipe.manifest import TeacherManifest
 
 ALL = "all"
 EXIT_FAILED = 1
@@ -94,6 +89,9 @@ def _where(manifest: TeacherManifest, name: str, state: str) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from distill.recipe.manifest import load_manifest
+    from distill.teachers.records import STATUSES, status
+
     manifest = load_manifest(args.manifest)
     rows = []
     for name, entry in manifest.teachers.items():
@@ -109,6 +107,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
+    from distill.recipe.manifest import load_manifest
     from distill.teachers.fetch import fetch, fetch_all
 
     manifest = load_manifest(args.manifest)
@@ -131,6 +130,7 @@ def _verify_data_settings() -> DataSettings:
 
 def run_verify(args: argparse.Namespace) -> int:
     from distill.data.advice import WordedDataError
+    from distill.recipe.manifest import load_manifest
     from distill.teachers.verify import verify
 
     manifest = load_manifest(args.manifest)

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from distill.engine.launch import check_process_count
-from distill.engine.rundir import RECIPE_FILE
 from distill.errors import DistillError
-from distill.recipe.compose import ComposedRecipe
+from distill.files.rundir import RECIPE_FILE
+from distill.recipe.compose import ComposedRecipe, apply_overrides, compose_file
+from distill.recipe.parse import parse_composed, recipe_name_from_path
 from distill.recipe.schema import Recipe
-from distill.recipe.load import flatten_recipe, load_recipe_with_sources, recipe_to_dict
+from distill.recipe.serialize import flatten_recipe, recipe_to_dict
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -78,10 +79,15 @@ def run(args: argparse.Namespace) -> int:
                 )
     elif recipe_path is None:
         raise DistillError("give a recipe (distill train RECIPE), or --resume RUN_DIR to continue a run")
-    recipe, composed = load_recipe_with_sources(recipe_path, overrides)
+    composed = apply_overrides(compose_file(recipe_path), overrides)
+    name = recipe_name_from_path(Path(recipe_path))
+    parse_composed(composed, name)  # the schema first: a wrong key or type costs no torch import
+    from distill.recipe.load import validate_composed  # the registries behind it import torch
+
+    recipe = validate_composed(composed, name)
     if args.dry_run:
         return dry_run(recipe, composed, run_dir, args.force)
-    from distill.engine import train  # after validation: a recipe error costs no Accelerate/trainer import
+    from distill.engine.trainer import train  # after validation: a recipe error costs no Accelerate/trainer import
 
     train(recipe, run_dir=run_dir, force=args.force, tensorboard=not args.no_tensorboard)
     return 0
@@ -104,11 +110,13 @@ def key_sources(recipe: Recipe, composed: ComposedRecipe, resolved_teacher: bool
 def dry_run(recipe: Recipe, composed: ComposedRecipe, run_dir: str | None, force: bool) -> int:
     """Build everything a start builds, report it, and leave no trace."""
     from distill.engine.trainer import Trainer
+    from distill.recipe.resolve import resolve_recipe
 
     named_teacher = recipe.teacher is not None and recipe.teacher.checkpoint is None
-    trainer = Trainer(recipe, run_dir, force=force, dry_run=True)
+    resolved = resolve_recipe(recipe)
+    trainer = Trainer(resolved, run_dir, force=force, dry_run=True)
     print(f"recipe {recipe.name} (resolved; every key with where it came from):")
-    for key, (value, source) in key_sources(recipe, composed, named_teacher).items():
+    for key, (value, source) in key_sources(resolved.recipe, composed, named_teacher).items():
         print(f"  {key} = {value!r}    [{source}]")
     print("start-up checks (all passed):")
     for line in trainer.setup_report():

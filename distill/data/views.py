@@ -29,7 +29,7 @@ import inspect
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -39,8 +39,7 @@ from distill.data.epoch_order import stream_seed
 from distill.data.transforms import normalize_batch
 from distill.errors import RecipeError
 from distill.registry import Registry
-from distill.recipe.schema import ViewSpec, ViewsSpec
-from distill.recipe.validate import ValidationIssue, check_value
+from distill.schema import ValidationIssue, check_value
 
 STANDARD = "standard"
 """The dataset's own training augmentation: the view of a run without ``data.views``."""
@@ -52,6 +51,20 @@ ViewTransform = Callable[[Tensor], Tensor]
 """One ``uint8 C×H×W`` image in, one ``uint8 C×H×W`` image out (random draws from torch's generator)."""
 
 VIEWS: Registry[Callable[..., ViewTransform]] = Registry("view")
+
+
+class ViewSpec(Protocol):
+    """One role's view as a recipe names it (``data.views.<role>``: see ``distill.recipe.schema``)."""
+
+    name: str
+    options: dict[str, Any]
+
+
+class ViewsSpec(Protocol):
+    """The recipe's ``data.views``: the teacher's and the student's view."""
+
+    teacher: ViewSpec
+    student: ViewSpec
 
 
 def register_view(name: str) -> Callable:

@@ -13,13 +13,13 @@ epoch's running loss sums. Format 1 files still evaluate, but cannot be resumed.
 from __future__ import annotations
 
 import errno
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from distill.errors import CheckpointError
+from distill.files.atomic import atomic_write
 from distill.models.checkpoint import read_checkpoint
 
 CHECKPOINT_FORMAT = "distill-checkpoint/2"
@@ -33,25 +33,15 @@ def is_run_checkpoint(checkpoint: Any) -> bool:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename over ``path``.
-
-    A crash or a full disk mid-write leaves the previous file intact (and no
-    temporary file behind). The directory is synced after the rename, so the new
-    name survives a power cut too.
+    """``torch.save`` through :func:`~distill.files.atomic.atomic_write`: a crash or a full disk leaves the previous file.
 
     Raises:
         CheckpointError: the file could not be written (full disk, no permission …);
             says that the previous file is intact.
     """
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with temporary.open("wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        _sync_directory(path.parent)
+        atomic_write(path, lambda handle: torch.save(obj, handle))
     except (OSError, RuntimeError) as raised:
         error = _write_error(raised)
         kept = f"the previous {path.name} is intact" if path.exists() else f"no earlier {path.name} existed"
@@ -64,9 +54,6 @@ def atomic_save(obj: Any, path: Path) -> None:
             f"could not write checkpoint {path}: {error.strerror or error}; {kept}. "
             f"What to do: {hint}, then resume with 'distill train --resume {path.parent.parent}'."
         ) from error
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def _write_error(raised: OSError | RuntimeError) -> OSError:
@@ -83,20 +70,6 @@ def _write_error(raised: OSError | RuntimeError) -> OSError:
     if cause is None:
         raise raised
     return cause
-
-
-def _sync_directory(directory: Path) -> None:
-    """fsync a directory so that a rename inside it is durable (a no-op where unsupported)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def load_run_checkpoint(path: str | Path) -> dict[str, Any]:

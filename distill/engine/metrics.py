@@ -1,7 +1,7 @@
 """Accuracy and the run's metric sinks: ``metrics.jsonl`` and TensorBoard.
 
 ``read_metrics`` (the reader of ``metrics.jsonl``) lives with the run directory's layout in
-:mod:`distill.engine.rundir`, which imports no torch, and is re-exported here.
+:mod:`distill.files.rundir`, which imports no torch, and is re-exported here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from distill.engine.rundir import METRICS_FILE, TENSORBOARD_DIR, MetricsFileError, read_metrics
+from distill.files.rundir import METRICS_FILE, TENSORBOARD_DIR, MetricsFileError, read_metrics
 
 __all__ = ["MetricsFileError", "MetricsWriter", "read_metrics", "topk_correct"]
 

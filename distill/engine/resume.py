@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from distill.engine.rundir import (
+from distill.files.rundir import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
     LOCK_FILE,
@@ -35,8 +35,9 @@ from distill.engine.rundir import (
     is_finished,
 )
 from distill.errors import DistillError
-from distill.recipe import Recipe, recipe_to_yaml
-from distill.recipe.load import flatten_recipe
+from distill.files.atomic import TEMPORARY_MARK
+from distill.recipe.schema import Recipe
+from distill.recipe.serialize import flatten_recipe, recipe_to_yaml
 
 RESULT_NEUTRAL_KEYS = (
     "name",
@@ -124,7 +125,7 @@ def clear_for_restart(path: Path) -> None:
 
 def remove_stale_temporaries(path: Path) -> None:
     """Delete checkpoint temporaries a killed process left half-written (``checkpoints/.last.pt.tmp-PID``)."""
-    for temporary in (path / CHECKPOINT_DIR).glob(".*.tmp-*"):
+    for temporary in (path / CHECKPOINT_DIR).glob(f".*{TEMPORARY_MARK}*"):
         temporary.unlink(missing_ok=True)
 
 

@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 
 import distill
 from distill.data.views import build_views, split_views
+from distill.engine.accelerator import compile_networks, make_accelerator
 from distill.engine.checkpoint import CHECKPOINT_FORMAT, atomic_save, load_run_checkpoint
 from distill.engine.distiller import Distiller, in_full_precision
 from distill.engine.evaluate import Accuracy, evaluate
@@ -55,7 +54,7 @@ from distill.engine.resume import (
     remove_stale_temporaries,
 )
 from distill.engine.rng import capture_rng_state, restore_rng_state
-from distill.engine.rundir import (
+from distill.files.rundir import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
@@ -78,12 +77,10 @@ from distill.losses import Batch, InitStage, LossContext, build_loss
 from distill.models import create_model
 from distill.models.options import ModelOptionError, check_reserved_options
 from distill.models.probe import probe_model
-from distill.recipe import Recipe, recipe_to_dict, recipe_to_yaml
-from distill.recipe.schema import ModelSpec, TeacherSpec
-from distill.recipe.load import missing_checkpoints, resolve_teacher_checkpoint
-from distill.teachers.manifest import sha256_file
+from distill.recipe.resolve import ResolvedRecipe, resolve_recipe
+from distill.recipe.schema import ModelSpec, Recipe, TeacherSpec
+from distill.recipe.serialize import recipe_to_dict, recipe_to_yaml
 
-MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 INIT_DATA_SEED_OFFSET = 1_000_000
 """Init-stage epochs shuffle with data_seed + this + epoch, apart from the main epochs' orders."""
 
@@ -121,47 +118,6 @@ class TrainResult:
     best_epoch: int
     epochs: int
     seconds: float
-
-
-def has_accelerator_device() -> bool:
-    """Whether torch sees a GPU (or another accelerator) to train on."""
-    if hasattr(torch, "accelerator"):
-        return torch.accelerator.is_available()
-    return torch.cuda.is_available()
-
-
-def make_accelerator(recipe: Recipe) -> Accelerator:
-    """An Accelerator for the recipe's precision, with a seeded, epoch-aware data order.
-
-    Without a GPU, ``cpu=True`` lets Accelerate recognise several processes
-    started by ``torchrun`` as one CPU job on the gloo backend.
-
-    Accelerate keeps its settings in a process-wide singleton that refuses a second
-    precision; a sweep (or a test) runs recipes of different precisions one after
-    another in one process, so the precision part of that state is cleared first
-    (the process group, in ``PartialState``, is kept).
-    """
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") != MIXED_PRECISION[recipe.precision]:
-        AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(
-        cpu=not has_accelerator_device(),
-        mixed_precision=MIXED_PRECISION[recipe.precision],
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.seed, non_blocking=True),
-    )
-
-
-def compile_networks(student: torch.nn.Module, teacher: torch.nn.Module | None, backend: str) -> None:
-    """``torch.compile`` the student and the teacher in place (``recipe.compile``).
-
-    ``Module.compile`` rather than ``torch.compile(module)``: the module stays the
-    same object with the same state_dict keys (no ``_orig_mod.`` prefix), so
-    checkpoints, DDP wrapping and the loss modules see no difference. Compilation
-    happens lazily, on the first batch, for each ``features=`` variant used.
-    """
-    student.compile(backend=backend)
-    if teacher is not None:
-        teacher.compile(backend=backend)
 
 
 def static_memory(trainer: Trainer) -> int:
@@ -208,7 +164,7 @@ class Trainer:
 
     def __init__(
         self,
-        recipe: Recipe,
+        resolved: ResolvedRecipe,
         run_dir: str | Path | None = None,
         *,
         force: bool = False,
@@ -216,14 +172,13 @@ class Trainer:
         echo: Callable[[str], None] | None = None,
         dry_run: bool = False,
     ) -> None:
-        self.recipe = recipe
+        if not isinstance(resolved, ResolvedRecipe):
+            raise TypeError("Trainer takes a ResolvedRecipe: resolve_recipe(recipe) (distill.recipe.resolve)")
+        self.recipe = recipe = resolved.recipe
+        self.teacher_sha256 = resolved.teacher_sha256
         self.accelerator = make_accelerator(recipe)
         self._echo = echo or (lambda line: print(line, flush=True))
         seed_everything(recipe.seed, recipe.deterministic)
-        self._check_files()
-        # Read by the main process only (the resume check, run.json, checkpoints): hashing is a full file read.
-        has_teacher_file = recipe.teacher is not None and recipe.teacher.checkpoint is not None
-        self.teacher_sha256 = sha256_file(recipe.teacher.checkpoint) if has_teacher_file and self.is_main else None
         self._lock: RunDirLock | None = None
         self._log_file = None
         self.metrics: MetricsWriter | None = None
@@ -285,30 +240,6 @@ class Trainer:
         if self._log_file is not None:
             self._log_file.write(line + "\n")
             self._log_file.flush()
-
-    def _check_files(self) -> None:
-        """Fail before any work when a checkpoint the recipe names is missing.
-
-        A teacher named through the manifest gets its checkpoint path filled in here, so
-        the run directory's ``recipe.yaml`` records the file that was actually used; paths
-        become absolute, so that file reproduces the run from any working directory.
-        """
-        teacher = self.recipe.teacher
-        if teacher is not None:
-            teacher.checkpoint = resolve_teacher_checkpoint(teacher)
-        for spec in (self.recipe.student, teacher):
-            if spec is not None and spec.checkpoint is not None:
-                spec.checkpoint = str(Path(spec.checkpoint).absolute())  # recipe.yaml must work from any folder
-        missing = missing_checkpoints(self.recipe)
-        if missing:
-            role, message = missing[0]
-            hint = (
-                " Fetch a published teacher ('distill teachers fetch <name>', then use teacher.name=<name>) "
-                "or train one with 'distill train recipes/cifar100/teachers/<arch>.yaml'."
-                if role == "teacher"
-                else ""
-            )
-            raise DistillError(f"{message}.{hint}")
 
     def _on_main(self, decide: Callable[[], Any]) -> Any:
         """Run ``decide`` on the main process and hand every process its result, or its error."""
@@ -1047,6 +978,6 @@ class Trainer:
         self._release_lock()
 
 
-def train(recipe: Recipe, run_dir: str | Path | None = None, **kwargs) -> TrainResult:
-    """Build a :class:`Trainer` for ``recipe`` and run it to the end (resuming ``run_dir`` if it holds a run)."""
-    return Trainer(recipe, run_dir, **kwargs).fit()
+def train(recipe: Recipe | ResolvedRecipe, run_dir: str | Path | None = None, **kwargs) -> TrainResult:
+    """Resolve ``recipe``'s files, build a :class:`Trainer` and run it to the end (resuming ``run_dir`` if it holds a run)."""
+    return Trainer(resolve_recipe(recipe), run_dir, **kwargs).fit()

@@ -14,7 +14,9 @@ from typing import Callable
 from torch import nn
 
 from distill.errors import UnknownNameError
+from distill.models.checkpoint import load_weights
 from distill.models.options import check_builder_options
+from distill.models.timm_adapter import create_timm_model, timm_model_exists
 from distill.registry import Registry, did_you_mean
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -31,8 +33,6 @@ def list_models() -> list[str]:
 def is_model(name: str) -> bool:
     """Whether ``create_model(name)`` would find an architecture."""
     if name.startswith(TIMM_PREFIX):
-        from distill.models.timm_adapter import timm_model_exists
-
         return timm_model_exists(name[len(TIMM_PREFIX):])
     return name in MODELS
 
@@ -58,8 +58,6 @@ def create_model(
             its ``key`` (``options.<name>``) is relative to the model spec.
     """
     if name.startswith(TIMM_PREFIX):
-        from distill.models.timm_adapter import create_timm_model
-
         model = create_timm_model(name[len(TIMM_PREFIX):], num_classes=num_classes, **kwargs)
     else:
         if name not in MODELS:
@@ -71,7 +69,5 @@ def create_model(
         check_builder_options(name, builder, kwargs)
         model = builder(num_classes=num_classes, **kwargs)
     if checkpoint is not None:
-        from distill.models.checkpoint import load_weights
-
         load_weights(model, checkpoint, arch=name)
     return model

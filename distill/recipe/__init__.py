@@ -1,18 +1,10 @@
-"""Recipes: YAML files that wire a teacher, a student, data, losses and a schedule."""
+"""Recipes: what a run is, from YAML files (and overrides) to a validated, resolved :class:`~distill.recipe.schema.Recipe`.
 
-from distill.recipe.load import load_recipe, recipe_from_dict, recipe_to_dict, recipe_to_yaml
-from distill.recipe.schema import DataSpec, LossSpec, ModelSpec, OptimizerSpec, Recipe, ScheduleSpec, TeacherSpec
+``schema`` holds the dataclasses; ``compose`` merges ``base:`` files and overrides;
+``load`` validates against the schema and every registry; ``manifest`` reads the
+teacher manifest through which ``teacher: {name: ...}`` resolves; ``resolve`` turns a
+loaded recipe into the files a run uses (teacher checkpoint and its sha256).
 
-__all__ = [
-    "DataSpec",
-    "LossSpec",
-    "ModelSpec",
-    "OptimizerSpec",
-    "Recipe",
-    "ScheduleSpec",
-    "TeacherSpec",
-    "load_recipe",
-    "recipe_from_dict",
-    "recipe_to_dict",
-    "recipe_to_yaml",
-]
+This package's ``__init__`` imports nothing, so that the torch-free parts (schema,
+composition, YAML) load without the registries behind ``load``.
+"""

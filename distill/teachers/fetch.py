@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 import distill
 from distill.errors import DistillError
-from distill.teachers.manifest import Source, TeacherManifest, display_path
+from distill.files.display import display_path
+from distill.recipe.manifest import Source, TeacherManifest
 
 _CHUNK = 1 << 16
 Echo = Callable[[str], None]

@@ -12,15 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from distill.teachers.manifest import (
-    TeacherManifest,
-    VerificationRecord,
-    display_path,
-    record_path_string,
-    record_sha256,
-    sha256_file,
-    write_verified,
-)
+from distill.engine.eval_checkpoint import evaluate_checkpoint
+from distill.files.display import display_path
+from distill.files.hashing import sha256_file
+from distill.recipe.manifest import TeacherManifest
+from distill.teachers.records import VerificationRecord, record_path_string, record_sha256, write_verified
 
 
 @dataclass(frozen=True)
@@ -85,8 +81,6 @@ def verify(
     Raises:
         DistillError: no checkpoint, or one that does not load into ``arch``, or no data.
     """
-    from distill.cli.eval import evaluate_checkpoint
-
     entry = manifest.get(name)
     path = manifest.require_checkpoint(name)
     published = manifest.is_published(name, path)

@@ -12,27 +12,30 @@ the newest finished run under ``trained_runs``. ``status`` says whether it is mi
 present, verified (its sha256 is the manifest's, or the one a local ``verify`` recorded)
 or a mismatch (the published file differs from the manifest's sha256).
 
-Nothing here imports torch: ``distill teachers list`` stays quick.
+Reading a manifest checks each teacher's ``arch`` against the model registry. Records
+of local verification and the sha256 writer are in :mod:`distill.teachers.records`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import tempfile
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 import distill
-from distill.engine.rundir import LAST_CHECKPOINT, SUMMARY_FILE
-from distill.errors import DistillError, UnknownNameError
+from distill.errors import DistillError, RecipeError, UnknownNameError
+from distill.files.display import display_path
+from distill.files.rundir import LAST_CHECKPOINT, SUMMARY_FILE
+from distill.models import is_model, list_models
+from distill.recipe.compose import compose_file
+from distill.recipe.schema import ScheduleSpec
 from distill.registry import did_you_mean
+from distill.schema import ValidationIssue, build_dataclass
 
 MANIFEST_ENV = "DISTILL_TEACHER_MANIFEST"
 MANIFEST_FILE = "cifar100.yaml"
@@ -40,10 +43,8 @@ VERIFIED_RECORD = "verified.json"
 DOWNLOADS_DIR = ".downloads"
 SUPPORTED_VERSION = 1
 SOURCE_KINDS = ("file", "tar")
-STATUSES = ("missing", "present", "verified", "mismatch")
 
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-_HASH_CHUNK = 1 << 20
+SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class ManifestError(DistillError):
@@ -127,15 +128,18 @@ class TeacherManifest:
         return self.root.parent / recipe if recipe else None
 
     def recipe_epochs(self, name: str) -> int | None:
-        """The number of epochs ``name``'s recipe trains for (None when the recipe is absent or unreadable)."""
+        """The number of epochs ``name``'s recipe trains for (None when the recipe is absent or unreadable).
+
+        Only the recipe's ``schedule`` section is read (after its ``base:`` files are merged):
+        the manifest is read while recipes are validated, so it must not validate one itself.
+        """
         path = self.recipe_path(name)
         if path is None or not path.is_file():
             return None
-        from distill.recipe import load_recipe
-
         try:
-            return load_recipe(path).schedule.epochs
-        except DistillError:
+            schedule = compose_file(path).data.get("schedule") or {}
+            return build_dataclass(ScheduleSpec, schedule, ("schedule",)).epochs
+        except (RecipeError, ValidationIssue):
             return None
 
     def latest_trained_run(self, name: str) -> Path | None:
@@ -172,15 +176,6 @@ class TeacherManifest:
     def downloads_dir(self) -> Path:
         """Where downloaded archives are cached."""
         return self.root / DOWNLOADS_DIR
-
-
-def display_path(path: Path) -> str:
-    """``path`` relative to the working directory when it lies under it, else absolute."""
-    absolute = Path(os.path.abspath(path))
-    try:
-        return str(absolute.relative_to(Path.cwd()))
-    except ValueError:
-        return str(absolute)
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -350,15 +345,11 @@ def _parse_source(data: Any, path: tuple[str, ...]) -> Source:
 
 
 def _parse_teacher(name: Any, data: Any, path: tuple[str, ...]) -> TeacherEntry:
-    from distill.models import is_model
-
     if not isinstance(name, str) or not name:
         raise _Invalid(path, f"a teacher's name must be a non-empty string, got {_describe(name)}")
     _check_keys(data, path, _TEACHER_KEYS, "a teacher")
     arch = _string(data, "arch", path)
     if not is_model(arch):
-        from distill.models import list_models
-
         raise _Invalid(
             (*path, "arch"),
             f"unknown architecture {arch!r}.{did_you_mean(arch, list_models())} "
@@ -370,7 +361,7 @@ def _parse_teacher(name: Any, data: Any, path: tuple[str, ...]) -> TeacherEntry:
     sha256 = data["sha256"]
     if sha256 is None:
         sha256 = ""
-    if not isinstance(sha256, str) or (sha256 and not _SHA256.fullmatch(sha256)):
+    if not isinstance(sha256, str) or (sha256 and not SHA256_PATTERN.fullmatch(sha256)):
         raise _Invalid((*path, "sha256"), f'expected "" (not yet verified) or 64 hexadecimal characters, got {_describe(sha256)}')
     return TeacherEntry(
         name=name,
@@ -406,7 +397,7 @@ def _parse_manifest(data: Any, path: Path) -> TeacherManifest:
     )
 
 
-def _read_text(path: Path) -> str:
+def read_manifest_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -418,7 +409,7 @@ def _read_text(path: Path) -> str:
         raise ManifestError(f"teacher manifest {path} cannot be read: {error}") from None
 
 
-def _parse_yaml(text: str, path: Path) -> Any:
+def parse_manifest_yaml(text: str, path: Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as error:
@@ -440,171 +431,9 @@ def load_manifest(path: str | Path | None = None) -> TeacherManifest:
             message names the file, the key path and what was expected there.
     """
     path = Path(os.path.abspath(Path(path).expanduser() if path is not None else default_manifest_path()))
-    data = _parse_yaml(_read_text(path), path)
+    data = parse_manifest_yaml(read_manifest_text(path), path)
     try:
         return _parse_manifest(data, path)
     except _Invalid as issue:
         where = ".".join(issue.path) or "(top level)"
         raise ManifestError(f"{path}: {where}: {issue.message}") from None
-
-
-# --- checksums --------------------------------------------------------------------------
-
-
-def sha256_file(path: str | Path) -> str:
-    """The file's sha256 as 64 lowercase hex characters, read in chunks (checkpoints reach 100 MB)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as file:
-        for chunk in iter(lambda: file.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: never half a file."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
-        if path.exists():
-            os.chmod(temporary, path.stat().st_mode & 0o777)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _sha256_value_span(text: str, name: str, path: Path) -> tuple[int, int, str]:
-    """Start and end offsets in ``text`` of the ``teachers.<name>.sha256`` value, and the value.
-
-    An empty plain value (``sha256:`` with nothing after it) has no extent of its own;
-    its span is then the empty one right after the key's colon. ``null``/``~`` count as empty.
-    """
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    found = _mapping_item(_mapping_item(_mapping_item(root, "teachers"), name), "sha256", pair=True)
-    if found is None:
-        raise ManifestError(f"{path}: cannot find teachers.{name}.sha256 in the file; add it by hand")
-    key, value = found
-    if not isinstance(value, yaml.ScalarNode):
-        raise ManifestError(f"{path}: teachers.{name}.sha256 is not a plain value; set it by hand")
-    if value.start_mark.index == value.end_mark.index:
-        colon = text.index(":", key.end_mark.index) + 1
-        return colon, colon, ""
-    current = "" if value.tag == "tag:yaml.org,2002:null" else value.value
-    return value.start_mark.index, value.end_mark.index, current
-
-
-def _mapping_item(node: Any, key: str, *, pair: bool = False) -> Any:
-    """The value node under ``key`` of a mapping node (or the (key, value) pair); None when absent."""
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
-                return (key_node, value_node) if pair else value_node
-    return None
-
-
-def record_sha256(manifest: TeacherManifest, name: str, digest: str) -> bool:
-    """Write ``digest`` as ``teachers.<name>.sha256`` in the manifest file, changing nothing else.
-
-    Only the value of that one key is replaced, so comments and layout survive; the
-    file is rewritten atomically. The in-memory ``manifest`` is updated too.
-
-    Returns:
-        True when the file was changed, False when it already held ``digest``.
-
-    Raises:
-        ManifestError: the manifest already holds a different digest for ``name``
-            (which is never overwritten), or the value cannot be found in the file.
-    """
-    entry = manifest.get(name)
-    digest = digest.lower()
-    if not _SHA256.fullmatch(digest):
-        raise ValueError(f"not a sha256 digest: {digest!r}")
-    text = _read_text(manifest.path)
-    _parse_yaml(text, manifest.path)
-    start, end, current = _sha256_value_span(text, name, manifest.path)
-    if current.lower() == digest:
-        manifest.teachers[name] = replace(entry, sha256=digest)
-        return False
-    if current:
-        raise ManifestError(
-            f"{manifest.path}: teachers.{name}.sha256 is already {current}; refusing to replace it with {digest}. "
-            f"If the published checkpoint really changed, edit the manifest by hand"
-        )
-    separator = " " if start == end else ""
-    atomic_write_text(manifest.path, f'{text[:start]}{separator}"{digest}"{text[end:]}')
-    manifest.teachers[name] = replace(entry, sha256=digest)
-    return True
-
-
-# --- the local verification record and status -------------------------------------------
-
-
-def read_verified(manifest: TeacherManifest) -> dict[str, dict[str, Any]]:
-    """The local record of verifications (``root/verified.json``); empty when absent or unreadable."""
-    path = manifest.verified_record_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
-
-
-@dataclass(frozen=True)
-class VerificationRecord:
-    """One successful verification, as kept in ``verified.json``."""
-
-    path: str
-    sha256: str
-    top1: float
-    top5: float
-    reference_top1: float
-    verified_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-
-
-def write_verified(manifest: TeacherManifest, name: str, record: VerificationRecord) -> Path:
-    """Add or replace ``name``'s entry in the local verification record; returns the record's path."""
-    manifest.get(name)
-    records = read_verified(manifest)
-    records[name] = {
-        "path": record.path,
-        "sha256": record.sha256,
-        "top1": record.top1,
-        "top5": record.top5,
-        "reference_top1": record.reference_top1,
-        "verified_at": record.verified_at,
-    }
-    path = manifest.verified_record_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(records, indent=2) + "\n")
-    return path
-
-
-def record_path_string(manifest: TeacherManifest, path: Path) -> str:
-    """``path`` relative to the manifest's folder when inside it (so the record survives moving the checkout)."""
-    try:
-        return Path(os.path.abspath(path)).relative_to(Path(os.path.abspath(manifest.root))).as_posix()
-    except ValueError:
-        return str(Path(os.path.abspath(path)))
-
-
-def status(manifest: TeacherManifest, name: str) -> str:
-    """``missing``, ``present``, ``verified`` or ``mismatch`` for the checkpoint :meth:`locate` finds.
-
-    verified: its sha256 is the manifest's, or the one recorded by a successful local
-    ``verify``; mismatch: it is the published file, the manifest has a sha256 and the
-    file's differs. The file is only hashed when there is a digest to compare with.
-    """
-    entry = manifest.get(name)
-    located = manifest.locate(name)
-    if located is None:
-        return "missing"
-    recorded = read_verified(manifest).get(name, {}).get("sha256", "")
-    if not entry.sha256 and not recorded:
-        return "present"
-    digest = sha256_file(located)
-    if digest in (entry.sha256, str(recorded).lower()):
-        return "verified"
-    if entry.sha256 and manifest.is_published(name, located):
-        return "mismatch"
-    return "present"
