@@ -70,7 +70,7 @@ def test_checkpoint_holds_the_student_in_reference_format(kd_run):
     checkpoint = torch.load(kd_run / "checkpoints/last.pt", map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 2 and checkpoint["arch"] == "resnet8"
     assert "fc.weight" in checkpoint["model"] and "layer1.0.conv1.weight" in checkpoint["model"]
-    assert checkpoint["top1"] == read_metrics(kd_run)[-1]["test/top1"]
+    assert checkpoint["state"]["top1"] == read_metrics(kd_run)[-1]["test/top1"]
     from distill.models import create_model
 
     create_model("resnet8", checkpoint=kd_run / "checkpoints/last.pt")  # loads strictly, like a teacher file

@@ -66,7 +66,7 @@ def test_recipe_builds_and_takes_one_step(relative, random_teachers, fake_cifar1
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(BATCH, 3, 32, 32, generator=generator)
     labels = torch.randint(0, 100, (BATCH,), generator=generator)
-    indices = torch.randperm(trainer.train_size, generator=generator)[:BATCH]
+    indices = torch.randperm(trainer.built.train_size, generator=generator)[:BATCH]
     terms, total = trainer.train_step(inputs, labels, indices)
     assert set(terms) == set(recipe.losses)
     assert torch.isfinite(total) and all(torch.isfinite(value) for value in terms.values())

@@ -57,12 +57,12 @@ def test_the_init_stage_trains_its_modules_and_the_student_features_first(fake_c
     regressor_before = loss.regressor.weight.clone()
     conv_before = trainer.unwrapped.student.conv1.weight.clone()
     fc_before = trainer.unwrapped.student.fc.weight.clone()
-    teacher_before = {k: v.clone() for k, v in trainer.teacher.module.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in trainer.built.teacher.module.state_dict().items()}
     trainer.run_init_stages()
     assert not torch.equal(loss.regressor.weight, regressor_before)
     assert not torch.equal(trainer.unwrapped.student.conv1.weight, conv_before)  # a feature layer trained
     assert torch.equal(trainer.unwrapped.student.fc.weight, fc_before)  # the classifier did not
-    assert all(torch.equal(v, teacher_before[k]) for k, v in trainer.teacher.module.state_dict().items())
+    assert all(torch.equal(v, teacher_before[k]) for k, v in trainer.built.teacher.module.state_dict().items())
     assert not loss.regressor.weight.requires_grad and not loss.regressor.training  # frozen after
     rows = [r for r in read_metrics(tmp_path / "run") if r.get("stage") == "init"]
     assert [r["init/epoch"] for r in rows] == [1, 2, 3]

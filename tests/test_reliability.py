@@ -96,14 +96,14 @@ def test_a_skipped_step_changes_no_parameter_and_no_optimiser_state(plugin, fake
     batches = iter(trainer.train_loader)
     trainer.train_step(*next(batches))
     assert trainer.last_step_applied
-    parameters = [p.detach().clone() for p in trainer._parameters]
-    momenta = [trainer.optimizer.state[p]["momentum_buffer"].clone() for p in trainer._parameters]
+    parameters = [p.detach().clone() for p in trainer.trained_parameters]
+    momenta = [trainer.optimizer.state[p]["momentum_buffer"].clone() for p in trainer.trained_parameters]
     trainer.train_step(*next(batches))
     assert not trainer.last_step_applied and trainer.guard.skipped == 1 and trainer.state.step == 2
-    assert all(torch.equal(a, b) for a, b in zip(parameters, trainer._parameters))
-    assert all(torch.equal(a, trainer.optimizer.state[p]["momentum_buffer"]) for a, p in zip(momenta, trainer._parameters))
+    assert all(torch.equal(a, b) for a, b in zip(parameters, trainer.trained_parameters))
+    assert all(torch.equal(a, trainer.optimizer.state[p]["momentum_buffer"]) for a, p in zip(momenta, trainer.trained_parameters))
     trainer.train_step(*next(batches))
-    assert trainer.last_step_applied and not all(torch.equal(a, b) for a, b in zip(parameters, trainer._parameters))
+    assert trainer.last_step_applied and not all(torch.equal(a, b) for a, b in zip(parameters, trainer.trained_parameters))
 
 
 def stopped_run(run_dir: Path, plugin: Path, data_root: Path, teacher: Path, capsys) -> list[str]:

@@ -94,7 +94,7 @@ def test_a_change_that_cannot_be_applied_is_refused_by_name_even_when_forced(
     assert "optimizer.name cannot change when resuming" in capsys.readouterr().err
     assert resume(run_dir, "data.batch_size=32", "--force") == 2
     assert "data.batch_size cannot change in the middle of an epoch" in capsys.readouterr().err
-    assert saved(run_dir)["step"] == 3
+    assert saved(run_dir)["state"]["step"] == 3
 
 
 def test_a_finished_run_is_extended_by_a_forced_longer_schedule(fake_cifar100, tiny_teacher, tmp_path, capsys):
@@ -107,7 +107,7 @@ def test_a_finished_run_is_extended_by_a_forced_longer_schedule(fake_cifar100, t
     assert resume(run_dir, "schedule.epochs=2", "--force") == 0
     assert [r["epoch"] for r in epoch_rows(run_dir)] == [1, 2]
     assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 2
-    assert saved(run_dir)["step"] == 8 and read_outcome(run_dir).status == "finished"
+    assert saved(run_dir)["state"]["step"] == 8 and read_outcome(run_dir).status == "finished"
 
 
 def test_a_second_process_on_a_run_directory_is_refused_with_the_holder(
@@ -121,7 +121,7 @@ def test_a_second_process_on_a_run_directory_is_refused_with_the_holder(
         assert resume(run_dir) == 2
         err = capsys.readouterr().err
         assert "is being trained by another process (pid" in err and "on host" in err and "Traceback" not in err
-        assert saved(run_dir)["step"] == 3 and len(epoch_rows(run_dir)) == 0
+        assert saved(run_dir)["state"]["step"] == 3 and len(epoch_rows(run_dir)) == 0
     finally:
         holder.release()
     assert resume(run_dir) == 0

@@ -45,7 +45,7 @@ def run_steps(trainer: Trainer) -> list[dict[str, float]]:
     for _ in range(STEPS):
         inputs = torch.randn(BATCH, 3, 32, 32, generator=generator)
         labels = torch.randint(0, 100, (BATCH,), generator=generator)
-        indices = torch.randperm(trainer.train_size, generator=generator)[:BATCH]
+        indices = torch.randperm(trainer.built.train_size, generator=generator)[:BATCH]
         terms, total = trainer.train_step(inputs, labels, indices)
         assert all(value.dtype == torch.float32 for value in terms.values())  # losses are float32 whatever the setting
         rows.append({**{name: value.item() for name, value in terms.items()}, "total": total.item()})

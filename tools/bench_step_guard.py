@@ -68,16 +68,16 @@ def main() -> None:
         for _ in range(200):
             synchronize(device)
             started = time.perf_counter()
-            trainer.guard.flags(total, trainer._parameters, False)
+            trainer.guard.flags(total, trainer.trained_parameters, False)
             synchronize(device)
             flag_times.append(time.perf_counter() - started)
     step, flags = statistics.median(step_times), statistics.median(flag_times)
-    parameters = sum(p.numel() for p in trainer._parameters)
+    parameters = sum(p.numel() for p in trainer.trained_parameters)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'})")
     print(f"median training step {step * 1e3:.2f} ms over {len(step_times)} steps (batch {trainer.recipe.data.batch_size})")
     print(
         f"median StepGuard.flags {flags * 1e3:.3f} ms = {100 * flags / step:.2f}% of a step "
-        f"({len(trainer._parameters)} tensors, {parameters:,} parameters)"
+        f"({len(trainer.trained_parameters)} tensors, {parameters:,} parameters)"
     )
 
 

@@ -362,7 +362,6 @@ def build_fast(
         f"data.batch_size={args.batch_size}",
         f"data.num_workers={args.workers}",
         f"precision={args.precision}",
-        f"output_dir={scratch / 'runs'}",
         f"student.arch={args.student}",
         "teacher.name=null",
         f"teacher.arch={args.teacher}",
@@ -372,15 +371,14 @@ def build_fast(
         *args.override,
     ]
     recipe = load_recipe(recipe_path(method, args.teacher, args.student), overrides)
-    trainer = Trainer(resolve_recipe(recipe), scratch / "runs" / f"fast-{method}", tensorboard=False, echo=lambda line: None)
+    trainer = Trainer(resolve_recipe(recipe), tensorboard=False, echo=lambda line: None, dry_run=True)  # no run directory
     trainer.distiller.train()
 
     def step(batch: Any) -> None:
         inputs, labels, indices = batch
         trainer.train_step(inputs, labels, indices)
 
-    data_path = getattr(trainer, "data_path", None) or "DataLoader (the trainer does not report its data path)"
-    return PathUnderTest(trainer.train_loader, step, str(data_path), close=trainer.accelerator.free_memory)
+    return PathUnderTest(trainer.train_loader, step, trainer.built.data_path, close=trainer.accelerator.free_memory)
 
 
 # ----------------------------------------------------------------------------- reference-style loop

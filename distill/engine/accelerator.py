@@ -1,13 +1,19 @@
-"""The Accelerator a run trains with, and ``torch.compile`` of its networks."""
+"""The Accelerator a run trains with, ``torch.compile`` of its networks, and decisions taken on the main process."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration
+from accelerate.utils import DataLoaderConfiguration, broadcast_object_list
 
+from distill.errors import DistillError
 from distill.recipe.schema import Recipe
+
+T = TypeVar("T")
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
@@ -51,3 +57,19 @@ def compile_networks(student: torch.nn.Module, teacher: torch.nn.Module | None, 
     student.compile(backend=backend)
     if teacher is not None:
         teacher.compile(backend=backend)
+
+
+def on_main(accelerator: Accelerator, decide: Callable[[], T]) -> T:
+    """Run ``decide`` on the main process and hand every process its result, or its :class:`DistillError`."""
+    box: list[Any] = [None]
+    if accelerator.is_main_process:
+        try:
+            box[0] = ("result", decide())
+        except DistillError as error:
+            box[0] = ("error", error)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(box, from_process=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value

@@ -105,13 +105,24 @@ class Distiller(nn.Module):
         self, inputs: Tensor | TwoViews, labels: Tensor, indices: Tensor
     ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         """``inputs``: one batch for both networks, or :class:`TwoViews` (the teacher's and the student's view)."""
+        terms, student = self.objectives(inputs, labels, indices, self.losses)
+        total = sum(self.weights[name] * value for name, value in terms.items())
+        return terms, total, student.logits
+
+    def objectives(
+        self, inputs: Tensor | TwoViews, labels: Tensor, indices: Tensor, objectives: Mapping[str, Objective]
+    ) -> tuple[dict[str, Tensor], FeatureRecord]:
+        """The one forward path: both networks once, then each objective in float32; also the student's record.
+
+        :meth:`forward` passes the loss modules; an init stage passes its own
+        objective (:mod:`distill.engine.init_stage`), so both see the same inputs:
+        the same views, memory format and precision handling.
+        """
         student_inputs, teacher_inputs = (self._memory_format(x) for x in split_views(inputs))
         student = self.student(student_inputs, features=True)
         teacher = self.teacher(teacher_inputs) if self.teacher is not None else None
         batch = Batch(inputs=student_inputs, labels=labels, indices=indices)
-        terms = in_full_precision(self.losses, student, teacher, batch)
-        total = sum(self.weights[name] * value for name, value in terms.items())
-        return terms, total, student.logits
+        return in_full_precision(objectives, student, teacher, batch), student
 
     def _memory_format(self, inputs: Tensor) -> Tensor:
         if self.channels_last and inputs.dim() == 4:
