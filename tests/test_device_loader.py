@@ -25,6 +25,7 @@ from distill.data.device_loader import (
     device_loader_unsupported,
     draw_augmentation,
 )
+from distill.data.placement import Placement
 from distill.data.worker_loader import WorkerLoader
 from distill.data.transforms import CIFAR100_MEAN, CIFAR100_STD, CROP_PADDING, cifar_transform
 from distill.engine.loaders import build_datasets, build_loaders
@@ -50,7 +51,7 @@ def spec_for(root: Path, **changes) -> DataSpec:
 
 def loader_over(images: np.ndarray, batch_size: int, *, augment: bool = True, shuffle: bool = True, **kwargs) -> DeviceLoader:
     source = InMemoryImages(images, torch.zeros(len(images), dtype=torch.long), CIFAR100_MEAN, CIFAR100_STD, augment)
-    return DeviceLoader(source, batch_size, shuffle=shuffle, **kwargs)
+    return DeviceLoader(source, batch_size, shuffle=shuffle, placement=Placement(**kwargs))
 
 
 # --- exactness -----------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ def test_test_loader_equals_the_datasets_own_items(odd_cifar):
 def test_channels_last_changes_the_memory_format_only(odd_cifar):
     train_set, test_set = build_datasets(spec_for(odd_cifar))
     for dataset, shuffle in ((train_set, True), (test_set, False)):
-        plain, last = (DeviceLoader(dataset.in_memory_images(), 64, shuffle=shuffle, seed=2, channels_last=c) for c in (False, True))
+        plain, last = (DeviceLoader(dataset.in_memory_images(), 64, shuffle=shuffle, placement=Placement(seed=2, channels_last=c)) for c in (False, True))
         for (x1, y1, i1), (x2, y2, i2) in zip(plain, last, strict=True):
             assert x2.is_contiguous(memory_format=torch.channels_last) and x1.is_contiguous()
             assert torch.equal(x1, x2) and torch.equal(y1, y2) and torch.equal(i1, i2)
@@ -191,7 +192,7 @@ def test_the_same_test_rejects_a_wrong_distribution(wrong, torchvision_draws):
 
 def test_every_index_once_per_epoch_with_a_kept_partial_batch(odd_cifar):
     train_set, _ = build_datasets(spec_for(odd_cifar))
-    loader = DeviceLoader(train_set.in_memory_images(), 64, shuffle=True, seed=0)
+    loader = DeviceLoader(train_set.in_memory_images(), 64, shuffle=True, placement=Placement(seed=0))
     assert len(loader) == math.ceil(TRAIN_SIZE / 64) == 4
     orders = []
     for epoch in (1, 2):
@@ -210,7 +211,7 @@ def test_every_index_once_per_epoch_with_a_kept_partial_batch(odd_cifar):
 def test_same_seed_same_batches_other_seed_other_order(odd_cifar):
     train_set, _ = build_datasets(spec_for(odd_cifar))
     source = train_set.in_memory_images()
-    first, second, other = (DeviceLoader(source, 50, shuffle=True, seed=s) for s in (7, 7, 8))
+    first, second, other = (DeviceLoader(source, 50, shuffle=True, placement=Placement(seed=s)) for s in (7, 7, 8))
     for loader in (first, second, other):
         loader.set_epoch(3)
     batches = list(first)
@@ -226,7 +227,7 @@ def test_shards_are_disjoint_equal_and_cover_the_set(odd_cifar, num_processes):
     train_set, _ = build_datasets(spec_for(odd_cifar))
     source = train_set.in_memory_images()
     loaders = [
-        DeviceLoader(source, 32, shuffle=True, seed=0, process_index=r, num_processes=num_processes)
+        DeviceLoader(source, 32, shuffle=True, placement=Placement(seed=0, process_index=r, num_processes=num_processes))
         for r in range(num_processes)
     ]
     for loader in loaders:
@@ -238,7 +239,7 @@ def test_shards_are_disjoint_equal_and_cover_the_set(odd_cifar, num_processes):
     everything = torch.cat(shards)
     assert set(everything.tolist()) == set(range(TRAIN_SIZE))
     assert len(everything) - len(set(everything.tolist())) == per_process * num_processes - TRAIN_SIZE  # wrap-around only
-    single = DeviceLoader(source, 32, shuffle=True, seed=0)
+    single = DeviceLoader(source, 32, shuffle=True, placement=Placement(seed=0))
     single.set_epoch(4)
     permutation = torch.cat([i for _, _, i in single])
     assert torch.equal(shards[0], permutation.repeat(2)[: per_process * num_processes][0::num_processes])
@@ -249,7 +250,7 @@ def test_shards_are_disjoint_equal_and_cover_the_set(odd_cifar, num_processes):
 
 def test_test_shards_pad_with_ignored_labels(odd_cifar):
     _, test_set = build_datasets(spec_for(odd_cifar))
-    loaders = [DeviceLoader(test_set.in_memory_images(), 16, shuffle=False, process_index=r, num_processes=3) for r in range(3)]
+    loaders = [DeviceLoader(test_set.in_memory_images(), 16, shuffle=False, placement=Placement(process_index=r, num_processes=3)) for r in range(3)]
     assert {len(loader) for loader in loaders} == {math.ceil(34 / 16)}
     labels = torch.cat([torch.cat([y for _, y, _ in loader]) for loader in loaders])
     indices = torch.cat([torch.cat([i for _, _, i in loader]) for loader in loaders])
@@ -272,18 +273,18 @@ def write_folder(root: Path) -> Path:
 def test_auto_picks_the_device_for_cifar_and_workers_for_a_folder(fake_cifar100, tmp_path):
     spec = spec_for(fake_cifar100)
     assert spec.loader == "auto"
-    data = build_loaders(spec, *build_datasets(spec))
+    data = build_loaders(spec, *build_datasets(spec), Placement())
     assert data.on_device and isinstance(data.train_loader, DeviceLoader) and isinstance(data.test_loader, DeviceLoader)
     assert "device" in data.description and "cpu" in data.description
-    data = build_loaders(spec_for(fake_cifar100, loader="workers"), *build_datasets(spec))
+    data = build_loaders(spec_for(fake_cifar100, loader="workers"), *build_datasets(spec), Placement())
     assert not data.on_device and isinstance(data.train_loader, WorkerLoader) and "DataLoader" in data.description
     assert isinstance(data.test_loader, DataLoader)
 
     folder = spec_for(write_folder(tmp_path / "images"), dataset="folder", batch_size=4, test_batch_size=4)
-    data = build_loaders(folder, *build_datasets(folder))
+    data = build_loaders(folder, *build_datasets(folder), Placement())
     assert not data.on_device and isinstance(data.train_loader, WorkerLoader)
     synthetic = DataSpec(dataset="synthetic", root="unused", batch_size=8, options={"train_size": 20, "test_size": 10})
-    assert not build_loaders(synthetic, *build_datasets(synthetic)).on_device
+    assert not build_loaders(synthetic, *build_datasets(synthetic), Placement()).on_device
 
 
 def test_device_on_an_unsupported_dataset_says_why_and_what_to_do(tmp_path):
@@ -291,13 +292,13 @@ def test_device_on_an_unsupported_dataset_says_why_and_what_to_do(tmp_path):
     datasets = build_datasets(folder)
     assert device_loader_unsupported(datasets[0]) is not None
     with pytest.raises(DataError, match=r"'folder'.*in_memory_images.*data\.loader=workers"):
-        build_loaders(folder, *datasets)
+        build_loaders(folder, *datasets, Placement())
 
 
 def test_batch_larger_than_the_training_set_is_still_refused(fake_cifar100):
     spec = spec_for(fake_cifar100, batch_size=1000)
     with pytest.raises(DataError, match="larger than the training set"):
-        build_loaders(spec, *build_datasets(spec))
+        build_loaders(spec, *build_datasets(spec), Placement())
 
 
 # --- end to end ----------------------------------------------------------------------------------
@@ -321,6 +322,7 @@ def test_distill_train_runs_on_both_data_paths(loader, fake_cifar100, tiny_teach
 WORKER = r"""
 import sys, torch
 from accelerate import Accelerator
+from distill.data.placement import Placement
 from distill.engine.evaluate import evaluate
 from distill.engine.loaders import build_datasets, build_loaders
 from distill.models import create_model
@@ -331,7 +333,7 @@ results = {}
 for kind in ("device", "workers"):
     spec = DataSpec(root=sys.argv[2], verify=False, download=False, num_workers=0, batch_size=32, test_batch_size=16, loader=kind)
     train_set, test_set = build_datasets(spec)
-    data = build_loaders(spec, train_set, test_set, device=accelerator.device, process_index=rank, num_processes=world, seed=0)
+    data = build_loaders(spec, train_set, test_set, Placement(device=accelerator.device, process_index=rank, num_processes=world, seed=0))
     assert data.on_device == (kind == "device")
     test_loader = data.test_loader if data.on_device else accelerator.prepare(data.test_loader)
     torch.manual_seed(0)
@@ -372,7 +374,7 @@ def test_two_processes_see_disjoint_shards_and_evaluate_exactly(odd_cifar, tmp_p
 
     accelerator = Accelerator(cpu=True)
     spec = spec_for(odd_cifar, test_batch_size=16)
-    data = build_loaders(spec, *build_datasets(spec))
+    data = build_loaders(spec, *build_datasets(spec), Placement())
     torch.manual_seed(0)
     single = evaluate(create_model("resnet8", num_classes=100), data.test_loader, accelerator)
     assert single.count == TEST_SIZE

@@ -30,6 +30,7 @@ from distill.data.epoch_order import (
     epoch_order,
     stream_seed,
 )
+from distill.data.placement import Placement
 from distill.data.worker_loader import WorkerLoader
 from distill.engine.guard import GRADIENT_BAD, LOSS_BAD, STOP, StepGuard
 from distill.engine.metrics import MetricsFileError, MetricsWriter, read_metrics
@@ -553,8 +554,8 @@ def assert_same_batches(got, expected):
 
 def test_worker_loader_is_the_same_with_and_without_workers_and_skips_exactly():
     n, batch, seed = 22, 4, 7
-    serial = WorkerLoader(RandomImages(n), batch, num_workers=0, seed=seed)
-    parallel = WorkerLoader(RandomImages(n), batch, num_workers=2, seed=seed)
+    serial = WorkerLoader(RandomImages(n), batch, num_workers=0, placement=Placement(seed=seed))
+    parallel = WorkerLoader(RandomImages(n), batch, num_workers=2, placement=Placement(seed=seed))
     try:
         assert len(serial) == len(parallel) == 6
         full = {epoch: epoch_batches(serial, epoch) for epoch in (1, 2)}
@@ -574,7 +575,7 @@ def test_worker_loader_is_the_same_with_and_without_workers_and_skips_exactly():
         # the skip is spent: the next epoch is whole
         assert_same_batches(epoch_batches(parallel, 1), full[1])
         # a fresh loader (a resumed process) skipping into the epoch
-        fresh = WorkerLoader(RandomImages(n), batch, num_workers=2, seed=seed)
+        fresh = WorkerLoader(RandomImages(n), batch, num_workers=2, placement=Placement(seed=seed))
         try:
             assert_same_batches(epoch_batches(fresh, 2, skip=3), full[2][3:])
         finally:
@@ -615,7 +616,7 @@ def crop_candidates(image_hwc: torch.Tensor, source: InMemoryImages) -> torch.Te
 @pytest.mark.parametrize("k", [0, 1, 3, 7, 8])
 def test_device_loader_skip_resumes_exactly(k):
     source = in_memory()
-    reference = DeviceLoader(source, 4, shuffle=True, seed=11)
+    reference = DeviceLoader(source, 4, shuffle=True, placement=Placement(seed=11))
     assert len(reference) == 8
     full = {epoch: epoch_batches(reference, epoch) for epoch in (2, 3)}
     for epoch in (2, 3):
@@ -623,14 +624,14 @@ def test_device_loader_skip_resumes_exactly(k):
         assert indices.tolist() == epoch_order(29, seed=11, epoch=epoch, shuffle=True).tolist()
         assert torch.equal(torch.cat([b[1] for b in full[epoch]]), source.labels[indices])
     # the same loader, and a fresh one (a resumed process), skipping k batches of epoch 2
-    for loader in (reference, DeviceLoader(source, 4, shuffle=True, seed=11)):
+    for loader in (reference, DeviceLoader(source, 4, shuffle=True, placement=Placement(seed=11))):
         assert_same_batches(epoch_batches(loader, 2, skip=k), full[2][k:])
         assert_same_batches(epoch_batches(loader, 3), full[3])
 
 
 def test_device_loader_batches_are_augmented_crops():
     source = in_memory()
-    loader = DeviceLoader(source, 4, shuffle=True, seed=11)
+    loader = DeviceLoader(source, 4, shuffle=True, placement=Placement(seed=11))
     batches = epoch_batches(loader, 5, skip=2)
     plain = 0
     for inputs, _, indices in batches:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from distill.cli.main import main
+from distill.data.placement import Placement
 from distill.data.transforms import normalize_batch
 from distill.data.views import STANDARD, TwoViews, build_views, view_options
 from distill.engine.loaders import build_datasets, build_loaders
@@ -35,7 +36,7 @@ def cifar_spec(root: Path, loader: str, views: ViewsSpec | None = None) -> DataS
 def first_batch(spec: DataSpec, epoch: int = 2, seed: int = 0):
     train, test = build_datasets(spec)
     views = build_views(spec.views, train.input_shape[-1], seed)
-    loader = build_loaders(spec, train, test, seed=seed, views=views).train_loader
+    loader = build_loaders(spec, train, test, Placement(seed=seed), views=views).train_loader
     loader.set_epoch(epoch)
     return next(iter(loader)), train, views
 
@@ -157,8 +158,8 @@ def test_a_resumed_epoch_with_views_continues_with_the_same_views(fake_cifar100,
     spec = cifar_spec(fake_cifar100, loader, STUDENT_INFOMIN)
     train, test = build_datasets(spec)
     views = build_views(spec.views, 32, 0)
-    full = build_loaders(spec, train, test, seed=0, views=views).train_loader
-    resumed = build_loaders(spec, train, test, seed=0, views=views).train_loader
+    full = build_loaders(spec, train, test, Placement(seed=0), views=views).train_loader
+    resumed = build_loaders(spec, train, test, Placement(seed=0), views=views).train_loader
     full.set_epoch(4)
     resumed.set_epoch(4)
     resumed.skip(3)

@@ -667,6 +667,7 @@ def data_throughput(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     2-core development CPU); the reference's KD and CRD datasets are timed with the
     same number of workers as the step benchmark.
     """
+    from distill.data.placement import Placement
     from distill.engine.loaders import build_datasets, build_loaders
     from distill.recipe.schema import DataSpec
 
@@ -674,7 +675,7 @@ def data_throughput(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     data_root, train_size = prepare_data(args, scratch)
     spec = DataSpec(root=str(data_root), verify=False, batch_size=args.batch_size, num_workers=args.workers)
     train_set, test_set = build_datasets(spec)
-    fast = build_loaders(spec, train_set, test_set, device=device, seed=0)
+    fast = build_loaders(spec, train_set, test_set, Placement(device=device, seed=0))
     epoch = len(fast.train_loader)
     reference_batches = min(epoch, args.steps * 10)
     rates = {"fast": loader_images_per_s(fast.train_loader, epoch, device, "[data] fast")}

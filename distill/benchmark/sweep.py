@@ -34,10 +34,10 @@ from distill.benchmark.preflight import (
     start_problems,
 )
 from distill.benchmark.tasks import TASKS, get_task
-from distill.files.rundir import LAST_CHECKPOINT, RECIPE_FILE, is_finished, read_outcome
 from distill.engine.signals import TrainingStopped
 from distill.engine.trainer import train
 from distill.errors import DistillError
+from distill.files.rundir import LAST_CHECKPOINT, RECIPE_FILE, is_finished, read_outcome
 from distill.recipe.load import load_recipe
 from distill.registry import did_you_mean
 
@@ -270,6 +270,28 @@ def run_sweep(
     """
     cells = list(cells)
     outcome = SweepOutcome([], [], [])
+    todo = cells_to_run(cells, overrides, outcome, echo)
+    other = f", {len(outcome.other_settings)} with other settings (not run)" if outcome.other_settings else ""
+    echo(f"sweep: {len(cells)} runs, {len(outcome.skipped)} already finished{other}, {len(todo)} to run")
+    if jobs <= 1:
+        run_sequential(todo, overrides, outcome, tensorboard=tensorboard, fail_fast=fail_fast, echo=echo)
+    else:
+        run_parallel(
+            todo, overrides, outcome, jobs=jobs, devices=devices, tensorboard=tensorboard, fail_fast=fail_fast,
+            log_dir=log_dir or Path("."), echo=echo,
+        )
+    return outcome
+
+
+def cells_to_run(
+    cells: Sequence[SweepCell], overrides: Sequence[str], outcome: SweepOutcome, echo: Callable[[str], None]
+) -> list[SweepCell]:
+    """The cells still to train, in grid order; the others go to ``outcome`` (skipped, failed or other settings).
+
+    A finished cell is skipped; an unfinished or failed one is resumed (said with ``echo``);
+    a cell whose run directory was run with other settings is neither, and a finished cell
+    whose settings cannot be read counts as failed.
+    """
     todo = []
     for cell in cells:
         status = cell_status(cell)
@@ -296,24 +318,56 @@ def run_sweep(
             else:
                 echo(f"resuming unfinished run {cell.run_dir} {how}")
         todo.append(cell)
-    other = f", {len(outcome.other_settings)} with other settings (not run)" if outcome.other_settings else ""
-    echo(f"sweep: {len(cells)} runs, {len(outcome.skipped)} already finished{other}, {len(todo)} to run")
-    if jobs <= 1:
-        for number, cell in enumerate(todo, start=1):
-            echo(f"[{number}/{len(todo)}] {cell.label} → {cell.run_dir}")
-            try:
-                run_in_process(cell, overrides, tensorboard)
-            except TrainingStopped:  # SIGTERM/SIGINT stop the whole sweep; the cell checkpointed and resumes next time
-                raise
-            except Exception as error:  # one broken cell must not end the sweep; the message says why
-                message = str(error) if isinstance(error, DistillError) else f"{type(error).__name__}: {error}"
-                _record_failure(outcome, cell, message, echo)
-                if fail_fast:
-                    break
-            else:
-                outcome.done.append(cell)
-        return outcome
-    logs = log_dir or Path(".")
+    return todo
+
+
+def run_sequential(
+    todo: Sequence[SweepCell],
+    overrides: Sequence[str],
+    outcome: SweepOutcome,
+    *,
+    tensorboard: bool,
+    fail_fast: bool,
+    echo: Callable[[str], None],
+) -> None:
+    """Train ``todo`` one after the other in this process, recording each result in ``outcome``.
+
+    A failed cell is recorded and the next one runs (unless ``fail_fast``);
+    :class:`~distill.engine.signals.TrainingStopped` (SIGTERM/SIGINT) ends the whole sweep.
+    """
+    for number, cell in enumerate(todo, start=1):
+        echo(f"[{number}/{len(todo)}] {cell.label} → {cell.run_dir}")
+        try:
+            run_in_process(cell, overrides, tensorboard)
+        except TrainingStopped:  # SIGTERM/SIGINT stop the whole sweep; the cell checkpointed and resumes next time
+            raise
+        except Exception as error:  # one broken cell must not end the sweep; the message says why
+            message = str(error) if isinstance(error, DistillError) else f"{type(error).__name__}: {error}"
+            _record_failure(outcome, cell, message, echo)
+            if fail_fast:
+                break
+        else:
+            outcome.done.append(cell)
+
+
+def run_parallel(
+    todo: Sequence[SweepCell],
+    overrides: Sequence[str],
+    outcome: SweepOutcome,
+    *,
+    jobs: int,
+    devices: Sequence[str],
+    tensorboard: bool,
+    fail_fast: bool,
+    log_dir: Path,
+    echo: Callable[[str], None],
+) -> None:
+    """Train ``todo`` as up to ``jobs`` ``distill train`` processes at once, recording each result in ``outcome``.
+
+    Cell number ``i`` (0-based, grid order) gets ``CUDA_VISIBLE_DEVICES=devices[i % len(devices)]``
+    when ``devices`` are given; its output goes to ``<log_dir>/<method>/<task>/seed<seed>.log``.
+    With ``fail_fast`` no new cell starts after a failure; the running ones finish.
+    """
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         running: dict[Future, SweepCell] = {}
         queue = list(enumerate(todo))
@@ -323,7 +377,7 @@ def run_sweep(
                 env = dict(os.environ)
                 if devices:
                     env["CUDA_VISIBLE_DEVICES"] = devices[number % len(devices)]
-                log_file = logs / cell.method / cell.task / f"seed{cell.seed}.log"
+                log_file = log_dir / cell.method / cell.task / f"seed{cell.seed}.log"
                 echo(f"[{number + 1}/{len(todo)}] started {cell.label} → {cell.run_dir} (output: {log_file})")
                 running[pool.submit(run_subprocess, cell, overrides, tensorboard, log_file, env)] = cell
             if not running:
@@ -337,7 +391,6 @@ def run_sweep(
                     echo(f"finished {cell.label}")
                 else:
                     _record_failure(outcome, cell, str(error), echo)
-    return outcome
 
 
 def _record_failure(outcome: SweepOutcome, cell: SweepCell, message: str, echo: Callable[[str], None]) -> None:

@@ -37,6 +37,7 @@ from distill.data.epoch_order import (
     shard_size,
     stream_seed,
 )
+from distill.data.placement import ONE_CPU_PROCESS, Placement
 from distill.data.transforms import CROP_PADDING, normalize_batch, per_channel
 from distill.data.views import TwoViews, ViewPair
 
@@ -145,7 +146,11 @@ def draw_augmentation(
 
 
 class DeviceLoader:
-    """Batches ``(inputs, labels, indices)`` of one split, made on ``device``, for one process.
+    """Batches ``(inputs, labels, indices)`` of one split, made on ``placement.device``, for one process.
+
+    ``placement`` (:class:`~distill.data.placement.Placement`) gives the device, this
+    process's ``process_index`` among ``num_processes``, the ``seed`` and
+    ``channels_last``; they are kept as attributes of the same names.
 
     ``shuffle=True`` (training): each epoch visits a fresh permutation of the
     dataset, a pure function of ``(seed, epoch)``. With ``num_processes > 1`` it
@@ -176,20 +181,18 @@ class DeviceLoader:
         batch_size: int,
         *,
         shuffle: bool,
-        device: torch.device | str = "cpu",
-        process_index: int = 0,
-        num_processes: int = 1,
-        seed: int = 0,
-        channels_last: bool = False,
+        placement: Placement = ONE_CPU_PROCESS,
         views: ViewPair | None = None,
     ) -> None:
+        process_index, num_processes = placement.process_index, placement.num_processes
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if views is not None and not shuffle:
             raise ValueError("views are for training batches; an evaluation loader takes none")
         if not 0 <= process_index < num_processes:
             raise ValueError(f"process_index {process_index} is not in 0..{num_processes - 1}")
-        self.device = torch.device(device)
+        self.placement = placement
+        self.device = torch.device(placement.device)
         images = torch.as_tensor(source.images)
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 N×H×W×C, got {images.dtype} {tuple(images.shape)}")
@@ -203,7 +206,7 @@ class DeviceLoader:
         self.augment, self.padding = source.augment, source.padding
         self.batch_size, self.shuffle = batch_size, shuffle
         self.process_index, self.num_processes = process_index, num_processes
-        self.seed, self.channels_last, self.views = seed, channels_last, views
+        self.seed, self.channels_last, self.views = placement.seed, placement.channels_last, views
         self.epoch = 0
         self._skip = 0
         self._augment_generator = torch.Generator(device=self.device)

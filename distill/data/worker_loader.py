@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from distill.data.epoch_order import EpochBatchSampler, EpochSeededItems
+from distill.data.placement import ONE_CPU_PROCESS, Placement
 from distill.data.views import TwoViews, ViewPair
 
 
@@ -26,8 +27,10 @@ class WorkerLoader:
     The batch sampler is an :class:`EpochBatchSampler` (this process's shard of the
     epoch's permutation) and the dataset an :class:`EpochSeededItems` (transforms
     seeded per item), so neither the number of workers nor a resume changes what is
-    seen. Workers persist across epochs; batches are copied to ``device`` without
-    blocking (from pinned memory when ``pin_memory``).
+    seen. ``placement`` (:class:`~distill.data.placement.Placement`) gives the shard
+    (``process_index`` of ``num_processes``), the ``seed``, the device and the memory
+    format. Workers persist across epochs; batches are copied to ``placement.device``
+    without blocking (from pinned memory when ``pin_memory``).
     """
 
     #: Each process iterates its own shard (the trainer does not hand it to Accelerate).
@@ -39,21 +42,22 @@ class WorkerLoader:
         batch_size: int,
         *,
         num_workers: int,
-        device: torch.device | str = "cpu",
-        process_index: int = 0,
-        num_processes: int = 1,
-        seed: int = 0,
-        channels_last: bool = False,
+        placement: Placement = ONE_CPU_PROCESS,
         pin_memory: bool = False,
         views: ViewPair | None = None,
     ) -> None:
-        self.device = torch.device(device)
-        self.channels_last, self.views = channels_last, views
+        self.placement = placement
+        self.device = torch.device(placement.device)
+        self.channels_last, self.views = placement.channels_last, views
         self.sampler = EpochBatchSampler(
-            len(dataset), batch_size, seed=seed, process_index=process_index, num_processes=num_processes  # type: ignore[arg-type]
+            len(dataset),  # type: ignore[arg-type]
+            batch_size,
+            seed=placement.seed,
+            process_index=placement.process_index,
+            num_processes=placement.num_processes,
         )
         self.loader = DataLoader(
-            EpochSeededItems(dataset, seed, views),
+            EpochSeededItems(dataset, placement.seed, views),
             batch_sampler=self.sampler,
             num_workers=num_workers,
             pin_memory=pin_memory,

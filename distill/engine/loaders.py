@@ -28,7 +28,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from distill.data import build_dataset
-from distill.data.device_loader import DeviceLoader, SupportsDeviceLoader, device_loader_unsupported
+from distill.data.device_loader import (
+    DeviceLoader,
+    SupportsDeviceLoader,
+    device_loader_unsupported,
+)
+from distill.data.placement import Placement
 from distill.data.views import ViewPair
 from distill.data.worker_loader import WorkerLoader
 from distill.errors import DataError
@@ -83,18 +88,13 @@ def build_loaders(
     spec: DataSpec,
     train_set: Dataset,
     test_set: Dataset,
-    *,
-    device: torch.device | str = "cpu",
-    process_index: int = 0,
-    num_processes: int = 1,
-    seed: int = 0,
-    channels_last: bool = False,
+    placement: Placement,
     views: ViewPair | None = None,
 ) -> DataBundle:
     """Shuffled training loader (last partial batch kept, as the reference) and ordered test loader.
 
-    ``device``, ``process_index``, ``num_processes``, ``seed`` and ``channels_last``
-    serve the training loader (and the device test loader), which shards itself.
+    ``placement`` (device, process index and count, seed, channels-last) serves the
+    training loader (and the device test loader), which shards itself.
     ``views``: the training batches carry a teacher view and a student view
     (:class:`~distill.data.views.TwoViews`); the test batches never do.
 
@@ -109,12 +109,10 @@ def build_loaders(
         )
     if use_device_loader(spec, train_set, test_set):
         assert isinstance(train_set, SupportsDeviceLoader) and isinstance(test_set, SupportsDeviceLoader)
-        common = dict(
-            device=device, process_index=process_index, num_processes=num_processes, seed=seed,
-            channels_last=channels_last,
+        train_loader = DeviceLoader(
+            train_set.in_memory_images(), spec.batch_size, shuffle=True, placement=placement, views=views
         )
-        train_loader = DeviceLoader(train_set.in_memory_images(), spec.batch_size, shuffle=True, views=views, **common)
-        test_loader = DeviceLoader(test_set.in_memory_images(), spec.test_batch_size, shuffle=False, **common)
+        test_loader = DeviceLoader(test_set.in_memory_images(), spec.test_batch_size, shuffle=False, placement=placement)
         mib = (train_loader.images.nbytes + test_loader.images.nbytes) / 2**20
         description = (
             f"device-resident uint8 {spec.dataset} ({len(train_set)} + {len(test_set)} images, {mib:.0f} MiB) "
@@ -129,8 +127,8 @@ def build_loaders(
         )
     pin_memory = torch.cuda.is_available()
     train_loader = WorkerLoader(
-        train_set, spec.batch_size, num_workers=spec.num_workers, device=device, process_index=process_index,
-        num_processes=num_processes, seed=seed, channels_last=channels_last, pin_memory=pin_memory, views=views,
+        train_set, spec.batch_size, num_workers=spec.num_workers, placement=placement, pin_memory=pin_memory,
+        views=views,
     )
     test_loader = DataLoader(
         test_set, batch_size=spec.test_batch_size, shuffle=False, num_workers=spec.num_workers,
