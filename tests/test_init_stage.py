@@ -75,3 +75,43 @@ def test_the_recipe_overrides_the_declared_epochs_and_lr(fake_cifar100, tiny_tea
     assert "init stage of staged: 1 epochs at lr 0.123" in out
     rows = read_metrics(result.run_dir)
     assert [r.get("stage") for r in rows if "stage" in r] == ["init"] and rows[-1]["epoch"] == 1
+
+
+@register_loss("test-staged-format")
+class FormatRecordingStage(StagedLoss):
+    """A staged loss whose init-stage objective records the memory format of the inputs it was given."""
+
+    formats: list[bool] = []
+
+    def stage_loss(self, student, teacher, batch):
+        FormatRecordingStage.formats.append(batch.inputs.is_contiguous(memory_format=torch.channels_last))
+        return super().stage_loss(student, teacher, batch)
+
+
+class PlainBatches:
+    """A training loader whose batches are plain NCHW tensors (the loaders of the package already convert)."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_the_init_stage_takes_the_same_forward_path_as_a_step(fake_cifar100, tiny_teacher, tmp_path):
+    spec = recipe(fake_cifar100, tiny_teacher, epochs=1)
+    spec.channels_last = True
+    spec.losses["staged"].type = "test-staged-format"
+    trainer = Trainer(resolve_recipe(spec), tmp_path / "run", tensorboard=False, echo=lambda line: None)
+    images = torch.randn(8, 3, 32, 32)
+    assert not images.is_contiguous(memory_format=torch.channels_last)
+    trainer.built.train_loader = PlainBatches([(images, torch.zeros(8, dtype=torch.long), torch.arange(8))])
+    FormatRecordingStage.formats.clear()
+    trainer.run_init_stages()
+    assert FormatRecordingStage.formats == [True]  # channels_last, as Distiller.forward gives a main step

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,32 @@ def test_dry_run_fails_like_a_start_would(fake_cifar100, tmp_path, capsys):
     code = main(["train", str(KD_RECIPE), *kd_overrides(fake_cifar100, missing), "--dry-run"])
     err = capsys.readouterr().err
     assert code == 2 and f"teacher.checkpoint: file {missing} does not exist" in err
+
+
+def as_format_2(checkpoint: dict) -> dict:
+    """The checkpoint as distill wrote it before format 3: the ``state`` counters as top-level keys."""
+    older = {key: value for key, value in checkpoint.items() if key != "state"}
+    return {**older, **checkpoint["state"], "format": "distill-checkpoint/2"}
+
+
+def test_a_format_2_checkpoint_resumes_exactly_like_the_format_3_one(plugin, fake_cifar100, tiny_teacher, tmp_path, capsys):
+    stopped = tmp_path / "stopped"
+    stopped_run(stopped, plugin, fake_cifar100, tiny_teacher, capsys)
+    assert saved(stopped)["format"] == "distill-checkpoint/3" and saved(stopped)["state"]["step"] == 3
+    older = tmp_path / "older"
+    shutil.copytree(stopped, older)
+    torch.save(as_format_2(saved(older)), older / "checkpoints" / "last.pt")
+    assert resume(stopped) == 0 and resume(older) == 0
+    for key, value in saved(stopped)["model"].items():
+        assert torch.equal(value, saved(older)["model"][key]), key
+    assert saved(older)["format"] == "distill-checkpoint/3"  # what resumes writes the current format
+    assert [r["test/top1"] for r in epoch_rows(older)] == [r["test/top1"] for r in epoch_rows(stopped)]
+
+
+def test_a_format_1_checkpoint_is_refused_for_resume_by_name(plugin, fake_cifar100, tiny_teacher, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    stopped_run(run_dir, plugin, fake_cifar100, tiny_teacher, capsys)
+    first = {key: value for key, value in saved(run_dir).items() if key in ("epoch", "arch", "model", "num_classes")}
+    torch.save({**first, "format": "distill-checkpoint/1"}, run_dir / "checkpoints" / "last.pt")
+    assert resume(run_dir) == 2
+    assert "format 'distill-checkpoint/1'" in capsys.readouterr().err

@@ -156,7 +156,7 @@ def test_ctrl_c_under_torchrun_prints_once_and_stops_every_process(fake_cifar100
     assert f"Continue with: torchrun --nproc_per_node 2 -m distill train --resume {run_dir}" in stderr
     assert read_outcome(run_dir).status == "stopped"
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
-    assert len(state["processes"]) == 2 and state["step"] >= 2
+    assert len(state["processes"]) == 2 and state["state"]["step"] >= 2
     # torchrun, not distill, decides the job's status: its elastic agent turns the signal into SignalException
     # and exits 1 (pinned here so that a torch release that forwards the workers' 75 is noticed).
     assert process.returncode == 1 != EXIT_STOPPED

@@ -123,3 +123,33 @@ class StepGuard:
             self.skipped += 1
             return True
         return False
+
+
+def check_first_terms(terms: dict[str, Tensor], loss_types: dict[str, str]) -> None:
+    """On the very first batch, every loss must give a finite scalar (catches broken plugins early).
+
+    ``loss_types``: each term's loss type, for the message.
+    """
+    for name, value in terms.items():
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise DistillError(
+                f"losses.{name} (type {loss_types[name]!r}) returned {shape} on the first batch; "
+                f"a loss must return a scalar tensor (reduce it, e.g. with .mean())"
+            )
+        if not torch.isfinite(value.detach()).all():
+            raise DistillError(
+                f"losses.{name} (type {loss_types[name]!r}) returned {value.item()} on the first batch; "
+                f"check its inputs and parameters"
+            )
+
+
+def nonfinite_message(verdict: StepVerdict, last_saved: str, run_dir: object) -> str:
+    """Why training stopped at a non-finite step, what was kept, and how to go on."""
+    return (
+        f"training stopped at step {verdict.step} ({verdict.where}): {verdict.problem}. "
+        f"Nothing from this step on was saved; the last good checkpoint is {last_saved}. "
+        f"What to do: lower optimizer.lr or the loss weights, then resume from that checkpoint "
+        f"('distill train --resume {run_dir} optimizer.lr=... --force'), or set skip_nonfinite: N "
+        f"to skip up to N such steps."
+    )

@@ -1,30 +1,13 @@
 """The training loop: a resolved recipe in, a run directory with a distilled student out.
 
-One :class:`Trainer` serves every setting (CPU, one GPU, several processes)
-through Hugging Face Accelerate. It orchestrates; the parts live beside it:
-
-* :func:`~distill.engine.build.build_run` builds datasets, networks, losses,
-  distiller, optimiser and loaders;
-* :class:`~distill.engine.run_directory.RunDirectory` plans, locks, opens and
-  closes the run directory;
-* :mod:`~distill.engine.checkpoint` writes and restores checkpoints;
-* :mod:`~distill.engine.init_stage` trains what losses declare before the main epochs;
-* :mod:`~distill.engine.startup` says what a start found.
-
-A training step follows one path:
-
-    batch → Distiller.forward (student features, frozen-teacher features,
-    every loss term) → weighted total → backward → optimiser step.
-
-Each epoch ends with test accuracy, a ``metrics.jsonl`` row (mirrored to
-TensorBoard) and the ``last`` (and, when it improves, ``best``) checkpoint;
-``checkpoint_every_steps`` adds checkpoints inside epochs.
-
-Reliability: a checkpoint holds everything that decides the rest of the run, so a
-run given its directory again resumes bit-identically (:mod:`distill.engine.resume`
-decides when that is allowed); every step is checked for non-finite values
-(:mod:`distill.engine.guard`); SIGTERM/SIGINT stop the run cleanly after a
-checkpoint (:mod:`distill.engine.signals`).
+One :class:`Trainer` serves CPU, one GPU or several processes through Accelerate. It
+orchestrates — build (:mod:`~distill.engine.build`), the run directory
+(:mod:`~distill.engine.run_directory`), restore, then for each epoch train, evaluate,
+checkpoint (:mod:`~distill.engine.checkpoint`) — with no callbacks. A step is
+``Distiller.forward`` (student and frozen-teacher features, every loss term) →
+weighted total → backward → optimiser step, checked for non-finite values
+(:mod:`~distill.engine.guard`); SIGTERM/SIGINT stop after a checkpoint
+(:mod:`~distill.engine.signals`), from which a run resumes bit-identically.
 """
 
 from __future__ import annotations
@@ -37,11 +20,11 @@ import torch
 from accelerate.utils import gather_object
 
 from distill.engine.accelerator import make_accelerator
-from distill.engine.build import BuiltRun, build_run
+from distill.engine.build import build_run
 from distill.engine.checkpoint import atomic_save, checkpoint_payload, load_run_checkpoint, process_state, restore_checkpoint
 from distill.engine.distiller import Distiller
 from distill.engine.evaluate import evaluate
-from distill.engine.guard import NonFiniteError, StepGuard, StepVerdict
+from distill.engine.guard import NonFiniteError, StepGuard, StepVerdict, check_first_terms, nonfinite_message
 from distill.engine.init_stage import run_init_stages
 from distill.engine.metrics import MetricsWriter
 from distill.engine.optim import apply_hyperparameters
@@ -52,7 +35,6 @@ from distill.engine.seeding import seed_everything
 from distill.engine.signals import StopSignals, TrainingStopped, stopped_message
 from distill.engine.startup import run_info, setup_report, start_lines
 from distill.engine.state import TrainResult, TrainState
-from distill.errors import DistillError
 from distill.files.rundir import BEST_CHECKPOINT, LAST_CHECKPOINT
 from distill.recipe.resolve import ResolvedRecipe, resolve_recipe
 from distill.recipe.schema import Recipe
@@ -101,7 +83,9 @@ class Trainer:
             raise
         try:
             self._start_state(checkpoint)  # 4. a fresh state, or the resumed checkpoint's
-            self.metrics = self._open_metrics(tensorboard)  # 5. the metric sinks
+            if self.is_main:  # 5. metrics.jsonl and TensorBoard; a resume keeps the rows its checkpoint saw
+                keep_rows = self._metrics_rows if self.resumed_from is not None else None
+                self.metrics = MetricsWriter(self.run_dir, tensorboard=tensorboard, keep_rows=keep_rows)
         except BaseException as error:
             self.directory.record_end(error)
             self._close()
@@ -140,11 +124,6 @@ class Trainer:
             self._metrics_rows = restored.metrics_rows
             self.resumed_from = TrainState(**vars(self.state))
             self.last_saved = f"{plan.checkpoint} (epoch {self.state.epoch}, step {self.state.step})"
-
-    def _open_metrics(self, tensorboard: bool) -> MetricsWriter | None:
-        """``metrics.jsonl`` and TensorBoard (main process); a resume keeps the rows its checkpoint saw."""
-        keep_rows = self._metrics_rows if self.resumed_from is not None else None
-        return MetricsWriter(self.run_dir, tensorboard=tensorboard, keep_rows=keep_rows) if self.is_main else None
 
     # --- what the trainer exposes ----------------------------------------------------------------
 
@@ -319,7 +298,7 @@ class Trainer:
         """
         terms, total, _ = self.distiller(inputs, labels, indices)
         if self.state.step == 0:
-            self._check_first_terms(terms)
+            check_first_terms(terms, {name: spec.type for name, spec in self.recipe.losses.items()})
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(total)
         step = self.state.step + 1
@@ -345,22 +324,6 @@ class Trainer:
             self._handle(self.guard.defer(step, flags, terms, where))
         self.last_step_applied = True
         return terms, total
-
-    def _check_first_terms(self, terms: dict[str, torch.Tensor]) -> None:
-        """On the very first batch, every loss must give a finite scalar (catches broken plugins early)."""
-        for name, value in terms.items():
-            loss_type = self.recipe.losses[name].type
-            if not isinstance(value, torch.Tensor) or value.numel() != 1:
-                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise DistillError(
-                    f"losses.{name} (type {loss_type!r}) returned {shape} on the first batch; "
-                    f"a loss must return a scalar tensor (reduce it, e.g. with .mean())"
-                )
-            if not torch.isfinite(value.detach()).all():
-                raise DistillError(
-                    f"losses.{name} (type {loss_type!r}) returned {value.item()} on the first batch; "
-                    f"check its inputs and parameters"
-                )
 
     # --- checkpoints, health and stops ----------------------------------------------------------------
 
@@ -390,13 +353,7 @@ class Trainer:
         if verdict is None:
             return
         if verdict.problem is not None:
-            raise NonFiniteError(
-                f"training stopped at step {verdict.step} ({verdict.where}): {verdict.problem}. "
-                f"Nothing from this step on was saved; the last good checkpoint is {self.last_saved}. "
-                f"What to do: lower optimizer.lr or the loss weights, then resume from that checkpoint "
-                f"('distill train --resume {self.run_dir} optimizer.lr=... --force'), or set skip_nonfinite: N "
-                f"to skip up to N such steps."
-            )
+            raise NonFiniteError(nonfinite_message(verdict, self.last_saved, self.run_dir))
         self._stop_agreed = self._stop_agreed or verdict.stop
 
     def _stop(self, where: str) -> None:
