@@ -11,6 +11,8 @@ from distill.errors import RecipeError
 from distill.recipe.load import load_recipe, recipe_from_dict
 from distill.recipe.serialize import recipe_to_yaml
 from distill.recipe.compose import compose_file
+from distill.recipe.schema import DataSpec, OptimizerSpec, ScheduleSpec
+from distill.schema import ValidationIssue, build_dataclass
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -244,3 +246,40 @@ def test_every_shipped_recipe_validates(path):
     assert recipe.data.batch_size == 64
     small = recipe.student.arch in ("MobileNetV2", "ShuffleV1", "ShuffleV2")
     assert recipe.optimizer.lr == (0.01 if small else 0.05)
+
+
+@pytest.mark.parametrize(
+    ("cls", "data", "where", "message"),
+    [
+        (DataSpec, {"batch_size": 0}, ("data", "batch_size"), "must be positive, got 0"),
+        (DataSpec, {"test_batch_size": -1}, ("data", "test_batch_size"), "must be positive, got -1"),
+        (DataSpec, {"num_workers": -1}, ("data", "num_workers"), "must be 0 or more, got -1"),
+        (OptimizerSpec, {"lr": 0}, ("optimizer", "lr"), "must be positive, got 0.0"),
+        (ScheduleSpec, {"epochs": 0}, ("schedule", "epochs"), "must be positive, got 0"),
+        (ScheduleSpec, {"milestones": [5, 2]}, ("schedule", "milestones"), "must be increasing, got [5, 2]"),
+    ],
+)
+def test_ranges_live_with_the_fields_they_constrain(cls, data, where, message):
+    """The schema alone (no registry, no torch) refuses a value outside its field's range."""
+    with pytest.raises(ValidationIssue) as error:
+        build_dataclass(cls, data, where[:1])
+    assert error.value.path == where and error.value.message == message
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("seed=-1", "seed: must be an integer from 0 to 2**32 - 1 (NumPy's seed range), got -1"),
+        (f"seed={2**32}", f"seed: must be an integer from 0 to 2**32 - 1 (NumPy's seed range), got {2**32}"),
+        ("log_every=0", "log_every: must be positive, got 0"),
+        ("checkpoint_every_steps=-1", "checkpoint_every_steps: must be 0 or more, got -1"),
+        ("skip_nonfinite=-1", "skip_nonfinite: must be 0 or more, got -1"),
+    ],
+)
+def test_top_level_ranges_through_a_recipe(recipe_tree, override, message):
+    assert error_of(recipe_tree, [override]).endswith(message)
+
+
+def test_range_boundaries_inside_are_accepted(recipe_tree):
+    recipe = load_recipe(recipe_tree, [f"seed={2**32 - 1}", "data.num_workers=0", "checkpoint_every_steps=0", "log_every=1"])
+    assert recipe.seed == 2**32 - 1 and recipe.data.num_workers == 0 and recipe.log_every == 1

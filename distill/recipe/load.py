@@ -117,29 +117,6 @@ def _cross_check(recipe: Recipe, composed: ComposedRecipe) -> None:
             "see 'distill teachers list') or set teacher.checkpoint=PATH "
             "(a RepDistiller/mdistiller ckpt_epoch_240.pth or a distill run's checkpoint)",
         )
-    positive = {
-        ("data", "batch_size"): recipe.data.batch_size,
-        ("data", "test_batch_size"): recipe.data.test_batch_size,
-        ("schedule", "epochs"): recipe.schedule.epochs,
-        ("log_every",): recipe.log_every,
-    }
-    for path, value in positive.items():
-        if value <= 0:
-            raise recipe_error(composed, path, f"must be positive, got {value}")
-    non_negative = {
-        ("data", "num_workers"): recipe.data.num_workers,
-        ("checkpoint_every_steps",): recipe.checkpoint_every_steps,
-        ("skip_nonfinite",): recipe.skip_nonfinite,
-    }
-    for path, value in non_negative.items():
-        if value < 0:
-            raise recipe_error(composed, path, f"must be 0 or more, got {value}")
-    if not 0 <= recipe.seed < 2**32:
-        raise recipe_error(composed, ("seed",), f"must be an integer from 0 to 2**32 - 1 (NumPy's seed range), got {recipe.seed}")
-    if recipe.optimizer.lr <= 0:
-        raise recipe_error(composed, ("optimizer", "lr"), f"must be positive, got {recipe.optimizer.lr}")
-    if recipe.schedule.milestones != sorted(recipe.schedule.milestones):
-        raise recipe_error(composed, ("schedule", "milestones"), f"must be increasing, got {recipe.schedule.milestones}")
 
 
 def _resolve_teacher_arch(teacher: TeacherSpec, composed: ComposedRecipe) -> None:
