@@ -32,8 +32,10 @@ def did_you_mean(name: str, candidates: list[str]) -> str:
 class Registry(Generic[T]):
     """Maps names to objects of one kind (``kind`` appears in error messages)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, check: Callable[[T], object] | None = None) -> None:
+        """``check(obj)`` runs when an object is registered and raises on a bad one (e.g. its signature)."""
         self.kind = kind
+        self._check = check
         self._entries: dict[str, T] = {}
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
@@ -48,6 +50,8 @@ class Registry(Generic[T]):
                     f"a {self.kind} named {key!r} is already registered (by {where}); "
                     f"choose another name for the new one"
                 )
+            if self._check is not None:
+                self._check(obj)  # fail at registration, not when a recipe uses the name
             self._entries[key] = obj
             return obj
 

@@ -206,7 +206,7 @@ def with_key(recipe: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
         pytest.param(
             "losses.ce.wieght",
             2,
-            ["losses.ce.wieght: unknown parameter of loss 'ce'", "Did you mean 'weight'?", "or remove it"],
+            ["losses.ce.wieght: loss 'ce' has no option 'wieght'.", "Did you mean 'weight'?", "Remove it."],
             id="mistyped-loss-parameter",
         ),
         pytest.param(

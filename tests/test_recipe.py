@@ -7,10 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from distill.errors import RecipeError
+from distill.data.registry import register_dataset
+from distill.data.views import register_view
+from distill.errors import DistillError, RecipeError
+from distill.models import register_model
 from distill.recipe.load import load_recipe, recipe_from_dict
 from distill.recipe.serialize import recipe_to_yaml
 from distill.recipe.compose import compose_file
+from distill.recipe.schema import DataSpec, OptimizerSpec, ScheduleSpec
+from distill.schema import ValidationIssue, build_dataclass
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,7 +31,7 @@ def recipe_tree(tmp_path: Path) -> Path:
     write(
         tmp_path / "bases" / "data.yaml",
         """
-        data: {dataset: cifar100, root: /data, batch_size: 64, options: {a: 1}}
+        data: {dataset: synthetic, root: /data, batch_size: 64, options: {train_size: 100}}
         optimizer: {lr: 0.05, weight_decay: 5e-4}
         """,
     )
@@ -44,7 +49,7 @@ def recipe_tree(tmp_path: Path) -> Path:
         _base_: [../bases/data.yaml, ../bases/kd.yaml]
         student: {arch: resnet8x4}
         teacher: {arch: resnet32x4, checkpoint: t.pth}
-        data: {batch_size: 32, options: {b: 2}}
+        data: {batch_size: 32, options: {test_size: 50}}
         """,
     )
     return tmp_path / "exp" / "run.yaml"
@@ -54,7 +59,7 @@ def test_bases_merge_deeply_and_later_wins(recipe_tree):
     recipe = load_recipe(recipe_tree)
     assert recipe.data.batch_size == 32  # the including file wins
     assert recipe.data.root == "/data"  # kept from the base
-    assert recipe.data.options == {"a": 1, "b": 2}  # mappings merge
+    assert recipe.data.options == {"train_size": 100, "test_size": 50}  # mappings merge
     assert recipe.optimizer.weight_decay == pytest.approx(5e-4)  # exponent-only float read as float
     assert recipe.losses["kd"].params == {"temperature": 4.0}
     assert recipe.losses["kd"].type == "kd" and recipe.losses["kd"].weight == 0.9
@@ -244,3 +249,102 @@ def test_every_shipped_recipe_validates(path):
     assert recipe.data.batch_size == 64
     small = recipe.student.arch in ("MobileNetV2", "ShuffleV1", "ShuffleV2")
     assert recipe.optimizer.lr == (0.01 if small else 0.05)
+
+
+@pytest.mark.parametrize(
+    ("cls", "data", "where", "message"),
+    [
+        (DataSpec, {"batch_size": 0}, ("data", "batch_size"), "must be positive, got 0"),
+        (DataSpec, {"test_batch_size": -1}, ("data", "test_batch_size"), "must be positive, got -1"),
+        (DataSpec, {"num_workers": -1}, ("data", "num_workers"), "must be 0 or more, got -1"),
+        (OptimizerSpec, {"lr": 0}, ("optimizer", "lr"), "must be positive, got 0.0"),
+        (ScheduleSpec, {"epochs": 0}, ("schedule", "epochs"), "must be positive, got 0"),
+        (ScheduleSpec, {"milestones": [5, 2]}, ("schedule", "milestones"), "must be increasing, got [5, 2]"),
+    ],
+)
+def test_ranges_live_with_the_fields_they_constrain(cls, data, where, message):
+    """The schema alone (no registry, no torch) refuses a value outside its field's range."""
+    with pytest.raises(ValidationIssue) as error:
+        build_dataclass(cls, data, where[:1])
+    assert error.value.path == where and error.value.message == message
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("seed=-1", "seed: must be an integer from 0 to 2**32 - 1 (NumPy's seed range), got -1"),
+        (f"seed={2**32}", f"seed: must be an integer from 0 to 2**32 - 1 (NumPy's seed range), got {2**32}"),
+        ("log_every=0", "log_every: must be positive, got 0"),
+        ("checkpoint_every_steps=-1", "checkpoint_every_steps: must be 0 or more, got -1"),
+        ("skip_nonfinite=-1", "skip_nonfinite: must be 0 or more, got -1"),
+    ],
+)
+def test_top_level_ranges_through_a_recipe(recipe_tree, override, message):
+    assert error_of(recipe_tree, [override]).endswith(message)
+
+
+def test_range_boundaries_inside_are_accepted(recipe_tree):
+    recipe = load_recipe(recipe_tree, [f"seed={2**32 - 1}", "data.num_workers=0", "checkpoint_every_steps=0", "log_every=1"])
+    assert recipe.seed == 2**32 - 1 and recipe.data.num_workers == 0 and recipe.log_every == 1
+
+
+# --- every option checked at load time, with one message ---------------------------------------
+
+
+@register_model("test_schema_widthnet")
+def _widthnet(num_classes: int = 100, width: int = 1) -> None:
+    """A model with one option (never built: only its signature is read)."""
+
+
+@pytest.mark.parametrize(
+    ("overrides", "where", "owner", "key", "suggestion"),
+    [
+        (["student.arch=test_schema_widthnet", "student.options.widht=2"], "student.options.widht", "model 'test_schema_widthnet'", "widht", "'width'"),
+        (["student.options.widht=2"], "student.options.widht", "model 'resnet8x4'", "widht", None),
+        (["teacher.options.depht=2"], "teacher.options.depht", "model 'resnet32x4'", "depht", None),
+        (["data.options.train_siz=5"], "data.options.train_siz", "dataset 'synthetic'", "train_siz", "'train_size'"),
+        (["data.views={student: {name: infomin, options: {magnitud: 3}}}"], "data.views.student.options.magnitud", "view 'infomin'", "magnitud", "'magnitude'"),
+        (["losses.kd.temprature=3"], "losses.kd.temprature", "loss 'kd'", "temprature", "'temperature'"),
+    ],
+)
+def test_a_misspelt_option_fails_at_load_time_with_one_message(recipe_tree, overrides, where, owner, key, suggestion):
+    message = error_of(recipe_tree, overrides)
+    assert message.startswith(f"command-line override: {where}: {owner} has no option {key!r}."), message
+    assert message.endswith(" Remove it.")
+    assert (f"Did you mean {suggestion}" in message) if suggestion else ("It takes no options." in message)
+
+
+def test_option_values_are_type_checked_at_load_time(recipe_tree):
+    assert error_of(recipe_tree, ["data.options.train_size=many"]).endswith("data.options.train_size: expected int, got 'many' (str)")
+    assert error_of(recipe_tree, ["student.arch=test_schema_widthnet", "student.options.width=wide"]).endswith(
+        "student.options.width: expected int, got 'wide' (str)"
+    )
+    recipe = load_recipe(recipe_tree, ["student.arch=test_schema_widthnet", "student.options.width=2"])
+    assert recipe.student.options == {"width": 2}
+
+
+def test_timm_options_that_need_no_model_are_checked_at_load_time(recipe_tree):
+    message = error_of(recipe_tree, ["student.arch=timm/resnet18", "student.options.cifar_stem=1"])
+    assert "student.options.cifar_stem: timm/resnet18 expects true or false, got 1 (int)" in message
+    assert "student.options.pretrained: timm/resnet18: pretrained hub weights are not fetched" in error_of(
+        recipe_tree, ["student.arch=timm/resnet18", "student.options.pretrained=true"]
+    )
+    assert "teacher.options.num_classes: distill sets 'num_classes' itself" in error_of(recipe_tree, ["teacher.options.num_classes=3"])
+
+
+def _unannotated_model(num_classes: int = 100, size=3) -> None: ...
+
+
+def _unannotated_dataset(root, train, *, download, verify, augment, size=3) -> None: ...
+
+
+def _unannotated_view(image_size: int, size=3) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("register", "builder"),
+    [(register_model, _unannotated_model), (register_dataset, _unannotated_dataset), (register_view, _unannotated_view)],
+)
+def test_every_registry_refuses_an_unannotated_option_when_it_is_registered(register, builder):
+    with pytest.raises(DistillError, match="parameter 'size' needs a type annotation"):
+        register("test_schema_unannotated")(builder)

@@ -162,12 +162,35 @@ def test_published_validation_names_the_problem():
         parse_published(bad_task)
     bad_value = json.loads(json.dumps(good))
     bad_value["methods"]["kd"]["results"][R32_R8] = "73.33"
-    with pytest.raises(DistillError, match=rf"methods\.kd\.results\.{R32_R8}.*number or null"):
+    with pytest.raises(DistillError, match=rf"methods\.kd\.results\.{R32_R8}: expected float or null"):
         parse_published(bad_value)
     missing = json.loads(json.dumps(good))
     del missing["baselines"]["vanilla"]["results"][VGG]
     with pytest.raises(DistillError, match=f"missing: {VGG}"):
         parse_published(missing)
+
+
+def test_published_errors_have_the_one_format_file_key_message():
+    good = yaml.safe_load((REPO / "distill/benchmark/published.yaml").read_text(encoding="utf-8"))
+    unlisted = json.loads(json.dumps(good))
+    unlisted["methods"]["kd"]["source"] = "nowhere"
+    with pytest.raises(DistillError) as error:
+        parse_published(unlisted)
+    assert str(error.value).startswith(
+        "distill/benchmark/published.yaml: methods.kd.source: 'nowhere' is not listed under 'sources'. The packaged data file is damaged"
+    )
+    typo = json.loads(json.dumps(good))
+    typo["methods"]["kd"]["lable"] = "KD"
+    with pytest.raises(DistillError, match=r"published\.yaml: methods\.kd\.lable: unknown key\. Did you mean 'label'\?"):
+        parse_published(typo)
+    blank = json.loads(json.dumps(good))
+    blank["sources"]["repdistiller"]["title"] = "  "
+    with pytest.raises(DistillError, match=r"published\.yaml: sources\.repdistiller\.title: expected a non-empty text"):
+        parse_published(blank)
+    swapped = json.loads(json.dumps(good))
+    swapped["methods"]["vanilla"] = swapped["baselines"].pop("vanilla")
+    with pytest.raises(DistillError, match=r"published\.yaml: baselines: expected exactly the rows teacher, vanilla, got teacher"):
+        parse_published(swapped)
 
 
 # --- reading runs ------------------------------------------------------------------------------------

@@ -149,11 +149,14 @@ def test_the_default_manifest_is_the_env_var_then_the_local_one_then_the_checkou
 @pytest.mark.parametrize(
     ("fields", "where", "expected"),
     [
-        ({"arch": None}, "teachers.small.arch", "missing required key"),
+        ({"arch": None}, "teachers.small.arch", "required key is missing (expected str)"),
         ({"sha256": "abc123"}, "teachers.small.sha256", "64 hexadecimal"),
         ({"arch": "resnet9000"}, "teachers.small.arch", "unknown architecture 'resnet9000'"),
-        ({"reference_top1": '"high"'}, "teachers.small.reference_top1", "top-1 accuracy in percent"),
-        ({"reference_top1": 180}, "teachers.small.reference_top1", "0 to 100"),
+        ({"reference_top1": '"high"'}, "teachers.small.reference_top1", "expected float, got 'high' (str)"),
+        ({"reference_top1": 180}, "teachers.small.reference_top1", "expected a top-1 accuracy in percent (0 to 100), got 180.0"),
+        ({"reference_top1": -1}, "teachers.small.reference_top1", "(0 to 100), got -1.0"),
+        ({"url": '"u"'}, "teachers.small.url", "unknown key"),
+        ({"trained_runs": '""'}, "teachers.small.trained_runs", "expected a non-empty string"),
         ({"file": "../escape.pth"}, "teachers.small.file", "without '..'"),
         ({"sha265": '""'}, "teachers.small.sha265", "Did you mean 'sha256'"),
     ],
@@ -164,6 +167,22 @@ def test_schema_errors_name_the_file_and_the_key(tmp_path, fields, where, expect
         load_manifest(path)
     message = str(error.value)
     assert str(path) in message and where in message and expected in message
+
+
+def test_manifest_errors_have_the_one_format_file_key_message(tmp_path):
+    """The manifest is read by the schema module: ``FILE: dotted.key: message``, as for recipes."""
+    path = write_manifest(tmp_path, {"small": {"file": "../escape.pth"}})
+    with pytest.raises(ManifestError) as error:
+        load_manifest(path)
+    assert str(error.value) == (
+        f"{path}: teachers.small.file: expected a path relative to the manifest's folder without '..', got '../escape.pth'"
+    )
+    path.write_text(path.read_text().replace("version: 1", "version: 1\nextra: 2"))
+    with pytest.raises(ManifestError, match=r": extra: unknown key\. .*version, dataset, sources, teachers$"):
+        load_manifest(path)
+    path.write_text("- a list\n")
+    with pytest.raises(ManifestError, match=r": \(top level\): expected a mapping"):
+        load_manifest(path)
 
 
 def test_bad_sources_and_versions_are_refused(tmp_path):

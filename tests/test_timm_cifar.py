@@ -132,11 +132,11 @@ def test_a_vit_without_img_size_ends_in_one_line_and_exit_2(fake_cifar100):
     ("overrides", "expected"),
     [
         (["student.arch=timm/resnet18", "student.options.drop_rat=0.1"], "student.options.drop_rat: timm/resnet18 has no argument"),
-        (["student.arch=timm/resnet18", "student.options.cifar_stem=1"], "student.options.cifar_stem: timm/resnet18 expects true or false"),
-        (["student.arch=resnet8", "student.options.cifar_stem=true"], "student.options.cifar_stem: model 'resnet8' has no option"),
+        (["student.arch=timm/resnet18", "student.options.cifar_stem=1"], "command-line override: student.options.cifar_stem: timm/resnet18 expects true or false"),
+        (["student.arch=resnet8", "student.options.cifar_stem=true"], "command-line override: student.options.cifar_stem: model 'resnet8' has no option"),
         (["student.arch=timm/mobilenetv3_small_050", "student.options.cifar_stem=true"], "student.options.cifar_stem: timm/mobilenetv3"),
-        (["student.arch=timm/resnet18", "student.options.num_classes=10"], "student.options.num_classes: distill sets 'num_classes' itself"),
-        (["student.arch=resnet8", "student.options.checkpoint=x.pth"], "student.options.checkpoint: distill sets 'checkpoint' itself"),
+        (["student.arch=timm/resnet18", "student.options.num_classes=10"], "command-line override: student.options.num_classes: distill sets 'num_classes' itself"),
+        (["student.arch=resnet8", "student.options.checkpoint=x.pth"], "command-line override: student.options.checkpoint: distill sets 'checkpoint' itself"),
         (["student.arch=timm/resnet18", "student.options.global_pool=''"], "student.options: timm/resnet18 with options {global_pool: ''}"),
     ],
 )

@@ -2,14 +2,15 @@
 
 The numbers live in a data file, not in code, so that each one sits next to the
 source it was copied from and can be checked or corrected without touching logic.
-This module loads that file, checks its structure (every task a known task, every
-number a float or null, every row naming a listed source) and answers look-ups.
+This module loads that file, checks it against its schema (:class:`PublishedFile`:
+every task a known task, every number a float or null, every row naming a listed
+source) and answers look-ups.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from distill.benchmark.tasks import TASKS
 from distill.errors import DistillError
 from distill.recipe.yaml_io import parse_yaml
+from distill.schema import ValidationIssue, build_dataclass, checked
 
 DATA_FILE = "published.yaml"
 ORIGIN = "distill/benchmark/published.yaml"
@@ -87,100 +89,111 @@ class PublishedResults:
         return None if row is None else self.sources[row.source]
 
 
-def _fail(where: str, message: str) -> DistillError:
-    return DistillError(
-        f"{ORIGIN}: {where}: {message}. The packaged data file is damaged: reinstall distill "
-        "or fix the file (see its header)."
-    )
+# --- the data file's schema ----------------------------------------------------------------
 
 
-def _text(data: Mapping[str, Any], key: str, where: str, required: bool = True) -> str:
-    value = data.get(key)
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(f"{where}.{key}", f"expected a non-empty text, got {value!r}")
+def text(value: str) -> str:
+    """A non-empty text, stripped."""
+    if not value.strip():
+        raise ValueError(f"expected a non-empty text, got {value!r}")
     return value.strip()
 
 
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise _fail(where, f"expected a mapping, got {type(value).__name__}")
-    return value
-
-
-def parse_results(raw: Any, where: str) -> dict[str, float | None]:
-    """A row's ``results``: all 13 tasks, each a number or null (a missing task is an error, not a null)."""
-    results = _mapping(raw, where)
+def all_tasks(results: dict[str, float | None]) -> dict[str, float | None]:
+    """A row's ``results``: all 13 tasks, in task order (a missing task is an error, not a null)."""
     known = [task.name for task in TASKS]
     unknown = [name for name in results if name not in known]
     if unknown:
-        raise _fail(where, f"unknown task(s) {', '.join(map(repr, unknown))}; tasks are {', '.join(known)}")
+        raise ValueError(f"unknown task(s) {', '.join(map(repr, unknown))}; tasks are {', '.join(known)}")
     missing = [name for name in known if name not in results]
     if missing:
-        raise _fail(where, f"task(s) missing: {', '.join(missing)} (write null where there is no number)")
-    parsed: dict[str, float | None] = {}
-    for name in known:
-        value = results[name]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise _fail(f"{where}.{name}", f"expected a number or null, got {value!r}")
-        parsed[name] = None if value is None else float(value)
-    return parsed
+        raise ValueError(f"task(s) missing: {', '.join(missing)} (write null where there is no number)")
+    return {name: results[name] for name in known}
 
 
-def parse_row(key: str, raw: Any, where: str, sources: Mapping[str, Source]) -> PublishedRow:
-    data = _mapping(raw, where)
-    source = _text(data, "source", where)
-    if source not in sources:
-        raise _fail(f"{where}.source", f"{source!r} is not listed under 'sources'")
-    return PublishedRow(
-        key=key,
-        label=_text(data, "label", where),
-        source=source,
-        note=_text(data, "note", where, required=False),
-        results=parse_results(data.get("results"), f"{where}.results"),
-    )
+def exactly_the_baselines(rows: dict[str, Any]) -> dict[str, Any]:
+    if set(rows) != set(BASELINES):
+        raise ValueError(f"expected exactly the rows {', '.join(BASELINES)}, got {', '.join(rows)}")
+    return {key: rows[key] for key in BASELINES}
 
 
-def parse_source(key: str, raw: Any) -> Source:
-    where = f"sources.{key}"
-    data = _mapping(raw, where)
-    commit = data.get("commit")
-    if commit is not None and not isinstance(commit, str):
-        raise _fail(f"{where}.commit", f"expected a commit hash or null, got {commit!r}")
-    return Source(
-        key=key,
-        title=_text(data, "title", where),
-        url=_text(data, "url", where),
-        commit=commit,
-        note=_text(data, "note", where, required=False),
-        copied_from=tuple(_copied_from(data.get("copied_from"), f"{where}.copied_from")),
-    )
+def no_baselines(rows: dict[str, Any]) -> dict[str, Any]:
+    clash = [key for key in rows if key in BASELINES]
+    if clash:
+        raise ValueError(f"{', '.join(clash)} belong under 'baselines'")
+    return rows
 
 
-def _copied_from(raw: Any, where: str) -> list[str]:
-    """``copied_from`` entries as ``owner/repo`` names (the entries' other keys are for readers)."""
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise _fail(where, f"expected a list, got {type(raw).__name__}")
-    return [_text(_mapping(entry, f"{where}[{i}]"), "repo", f"{where}[{i}]") for i, entry in enumerate(raw)]
+@dataclass(frozen=True)
+class CopiedFromFields:
+    """A repository that repeats second-hand numbers (``file``, ``commit``, ``covers`` are for readers)."""
+
+    repo: str = field(metadata=checked(text))
+    file: str = ""
+    commit: str | None = None
+    covers: str = ""
+
+
+@dataclass(frozen=True)
+class SourceFields:
+    """A source as the data file writes it (its key is the name above it)."""
+
+    title: str = field(metadata=checked(text))
+    url: str = field(metadata=checked(text))
+    commit: str | None = None
+    note: str = field(default="", metadata=checked(text))
+    file: str = ""
+    copied_from: list[CopiedFromFields] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RowFields:
+    """A row as the data file writes it."""
+
+    label: str = field(metadata=checked(text))
+    source: str = field(metadata=checked(text))
+    results: dict[str, float | None] = field(metadata=checked(all_tasks))
+    note: str = field(default="", metadata=checked(text))
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """The data file's top level; every row names a listed source."""
+
+    protocol: str = field(metadata=checked(text))
+    baselines: dict[str, RowFields] = field(metadata=checked(exactly_the_baselines))
+    methods: dict[str, RowFields] = field(metadata=checked(no_baselines))
+    sources: dict[str, SourceFields]
+
+    def __post_init__(self) -> None:
+        for section in ("baselines", "methods"):
+            for key, row in getattr(self, section).items():
+                if row.source not in self.sources:
+                    raise ValidationIssue((section, key, "source"), f"{row.source!r} is not listed under 'sources'")
 
 
 def parse_published(data: Any) -> PublishedResults:
-    """Check the structure of the loaded data file and build the typed object."""
-    top = _mapping(data, "top level")
-    sources = {key: parse_source(key, raw) for key, raw in _mapping(top.get("sources"), "sources").items()}
-    baselines = _mapping(top.get("baselines"), "baselines")
-    if set(baselines) != set(BASELINES):
-        raise _fail("baselines", f"expected exactly the rows {', '.join(BASELINES)}, got {', '.join(baselines)}")
-    methods = _mapping(top.get("methods"), "methods")
-    clash = [key for key in methods if key in BASELINES]
-    if clash:
-        raise _fail("methods", f"{', '.join(clash)} belong under 'baselines'")
-    rows = {key: parse_row(key, baselines[key], f"baselines.{key}", sources) for key in BASELINES}
-    rows.update({key: parse_row(key, raw, f"methods.{key}", sources) for key, raw in methods.items()})
-    return PublishedResults(protocol=_text(top, "protocol", "top level"), rows=rows, sources=sources)
+    """Check the loaded data file against :class:`PublishedFile` and build the typed object.
+
+    Raises:
+        DistillError: ``FILE: key.path: message``, and that the packaged file is damaged.
+    """
+    try:
+        parsed = build_dataclass(PublishedFile, data, ())
+    except ValidationIssue as issue:
+        raise DistillError(
+            f"{ORIGIN}: {'.'.join(issue.path) or '(top level)'}: {issue.message}. The packaged data file is damaged: "
+            "reinstall distill or fix the file (see its header)."
+        ) from None
+    sources = {
+        key: Source(key, raw.title, raw.url, raw.commit, raw.note, tuple(entry.repo for entry in raw.copied_from))
+        for key, raw in parsed.sources.items()
+    }
+    rows = {
+        key: PublishedRow(key, raw.label, raw.source, raw.note, raw.results)
+        for key, raw in {**parsed.baselines, **parsed.methods}.items()
+    }
+    return PublishedResults(protocol=parsed.protocol, rows=rows, sources=sources)
 
 
 @lru_cache(maxsize=1)

@@ -7,9 +7,10 @@ A dataset is added by writing one file with a builder function decorated by
     def build(root, train, *, download, verify, augment, opt_a=..., opt_b=...) -> Dataset
 
 Its extra keyword-only parameters are the dataset's options (the recipe's
-``data.options``); :func:`build_dataset` checks option names against that
-signature, so a misspelt option fails with the list of valid ones instead of
-being silently ignored.
+``data.options``), each with a type annotation: that signature is their schema
+(:func:`distill.schema.signature_schema`). A recipe's options are checked against
+it when the recipe is loaded, and again by :func:`build_dataset`, so a misspelt
+option fails with the list of valid ones instead of being silently ignored.
 
 Every dataset a builder returns yields ``(image, label, index)`` and exposes
 ``labels``, ``num_classes``, ``input_shape`` and ``classes`` (see
@@ -18,7 +19,6 @@ Every dataset a builder returns yields ``(image, label, index)`` and exposes
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -27,11 +27,16 @@ import torch
 from torch.utils.data import Dataset
 
 from distill.errors import DataError
-from distill.registry import Registry, did_you_mean
+from distill.registry import Registry
+from distill.schema import (
+    KeyPath,
+    SignatureSchema,
+    ValidationIssue,
+    check_options,
+    signature_schema,
+)
 
 DatasetBuilder = Callable[..., Dataset]
-
-DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 
 #: The parameters every builder takes; anything else it accepts is an option.
 _COMMON_PARAMETERS = ("root", "train", "download", "verify", "augment")
@@ -66,6 +71,14 @@ class DistillDataset(Protocol):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]: ...
 
 
+def builder_schema(builder: DatasetBuilder) -> SignatureSchema:
+    """A dataset builder's options: its signature less the parameters every builder takes."""
+    return signature_schema(builder, skip=_COMMON_PARAMETERS)
+
+
+DATASETS: Registry[DatasetBuilder] = Registry("dataset", check=builder_schema)
+
+
 def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Decorator adding a dataset builder under ``name``."""
     return DATASETS.register(name)
@@ -78,13 +91,17 @@ def list_datasets() -> list[str]:
 
 def dataset_options(name: str) -> dict[str, object]:
     """The options dataset ``name`` accepts, with their defaults."""
-    signature = inspect.signature(DATASETS.get(name))
-    return {
-        p.name: p.default
-        for p in signature.parameters.values()
-        if p.name not in _COMMON_PARAMETERS
-        and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    }
+    return {option.name: option.default for option in builder_schema(DATASETS.get(name)).parameters.values()}
+
+
+def check_dataset_options(name: str, options: dict[str, object], path: KeyPath = ("data", "options")) -> None:
+    """Check ``data.options`` against dataset ``name``'s builder (names and types), before anything is read.
+
+    Raises:
+        UnknownNameError: ``name`` is not registered.
+        ValidationIssue: at ``(*path, option)``: an unknown option (with the valid ones) or a wrong type.
+    """
+    check_options(options, builder_schema(DATASETS.get(name)), path, f"dataset {name!r}")
 
 
 def require_root(root: Path | None, dataset: str) -> Path:
@@ -121,18 +138,10 @@ def build_dataset(
         DataError: an option is unknown to the dataset, or the data is missing or invalid.
     """
     builder = DATASETS.get(name)
-    valid = dataset_options(name)
-    accepts_any = any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(builder).parameters.values()
-    )
-    if not accepts_any:
-        for option in options:
-            if option not in valid:
-                listing = ", ".join(sorted(valid)) if valid else "none"
-                raise DataError(
-                    f"unknown option {option!r} for dataset {name!r} (data.options)."
-                    f"{did_you_mean(option, list(valid))} Valid options: {listing}"
-                )
+    try:
+        check_dataset_options(name, options)
+    except ValidationIssue as issue:
+        raise DataError(f"{'.'.join(issue.path)}: {issue.message}") from None
     return builder(
         None if root is None else Path(root).expanduser(),
         train,

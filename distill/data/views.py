@@ -26,7 +26,6 @@ image's index.
 from __future__ import annotations
 
 import inspect
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -39,7 +38,12 @@ from distill.data.epoch_order import stream_seed
 from distill.data.transforms import normalize_batch
 from distill.errors import RecipeError
 from distill.registry import Registry
-from distill.schema import ValidationIssue, check_value
+from distill.schema import (
+    SignatureSchema,
+    ValidationIssue,
+    check_options,
+    signature_schema,
+)
 
 STANDARD = "standard"
 """The dataset's own training augmentation: the view of a run without ``data.views``."""
@@ -50,7 +54,14 @@ ROLES = ("teacher", "student")
 ViewTransform = Callable[[Tensor], Tensor]
 """One ``uint8 C×H×W`` image in, one ``uint8 C×H×W`` image out (random draws from torch's generator)."""
 
-VIEWS: Registry[Callable[..., ViewTransform]] = Registry("view")
+
+def builder_schema(builder: Callable[..., ViewTransform]) -> SignatureSchema:
+    """A view builder's options: its signature after ``image_size`` (see :func:`register_view`)."""
+    first = next(iter(inspect.signature(builder).parameters), "")
+    return signature_schema(builder, skip=(first,))
+
+
+VIEWS: Registry[Callable[..., ViewTransform]] = Registry("view", check=builder_schema)
 
 
 class ViewSpec(Protocol):
@@ -120,10 +131,7 @@ def infomin_view(
 
 def view_options(name: str) -> dict[str, tuple[Any, Any]]:
     """The options a view accepts: ``{option: (annotation, default)}`` from its builder's signature."""
-    builder = VIEWS.get(name)
-    hints = typing.get_type_hints(builder)
-    parameters = list(inspect.signature(builder).parameters.values())[1:]  # after image_size
-    return {p.name: (hints[p.name], p.default) for p in parameters}
+    return {p.name: (p.annotation, p.default) for p in builder_schema(VIEWS.get(name)).parameters.values()}
 
 
 def check_views(views: ViewsSpec) -> None:
@@ -142,17 +150,10 @@ def check_views(views: ViewsSpec) -> None:
         if spec.name not in VIEWS:
             names = ", ".join([STANDARD, *VIEWS.names()])
             raise RecipeError(f"{key}.name: unknown view {spec.name!r}. Available: {names}")
-        accepted = view_options(spec.name)
-        for option, value in spec.options.items():
-            if option not in accepted:
-                raise RecipeError(
-                    f"{key}.options.{option}: view {spec.name!r} has no option {option!r}; "
-                    f"its options: {', '.join(accepted) or 'none'}"
-                )
-            try:
-                check_value(value, accepted[option][0], (option,))
-            except ValidationIssue as issue:
-                raise RecipeError(f"{key}.options.{option}: {issue.message}") from None
+        try:
+            check_options(spec.options, builder_schema(VIEWS.get(spec.name)), ("data", "views", role, "options"), f"view {spec.name!r}")
+        except ValidationIssue as issue:
+            raise RecipeError(f"{'.'.join(issue.path)}: {issue.message}") from None
 
 
 def build_view(spec: ViewSpec, image_size: int, role: str) -> ViewTransform | None:

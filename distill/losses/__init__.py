@@ -5,7 +5,7 @@ decorate it with :func:`register_loss`, and name its type in a recipe.
 """
 
 from distill.losses.base import Batch, DistillLoss, InitStage, LossContext
-from distill.losses.registry import LOSSES, build_loss, loss_parameters, register_loss
+from distill.losses.registry import LOSSES, build_loss, loss_parameters, loss_schema, register_loss
 
 # Importing the loss files registers them.
 from distill.losses import (  # noqa: E402,F401
@@ -27,4 +27,4 @@ from distill.losses import (  # noqa: E402,F401
     vid,
 )
 
-__all__ = ["Batch", "DistillLoss", "InitStage", "LOSSES", "LossContext", "build_loss", "loss_parameters", "register_loss"]
+__all__ = ["Batch", "DistillLoss", "InitStage", "LOSSES", "LossContext", "build_loss", "loss_parameters", "loss_schema", "register_loss"]

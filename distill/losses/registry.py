@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import inspect
-import typing
-from dataclasses import dataclass
 from typing import Any
 
 from distill.errors import DistillError
 from distill.losses.base import DistillLoss, LossContext
 from distill.registry import Registry
+from distill.schema import Parameter, SignatureSchema, signature_schema
 
 LOSSES: Registry[type[DistillLoss]] = Registry("loss")
 
@@ -26,31 +25,23 @@ def register_loss(name: str):
     return decorator
 
 
-@dataclass(frozen=True)
-class LossParameter:
-    name: str
-    annotation: Any
-    default: Any
+def loss_parameters(cls: type[DistillLoss]) -> dict[str, Parameter]:
+    """The recipe parameters a loss accepts: its ``__init__`` keywords after ``self`` and ``context``.
 
-    @property
-    def required(self) -> bool:
-        return self.default is inspect.Parameter.empty
+    Read by :func:`distill.schema.signature_schema` (each needs a type annotation);
+    a loss may not take ``**kwargs``: every parameter it takes is declared.
+    """
+    skip = tuple(inspect.signature(cls.__init__).parameters)[:2]  # self, context
+    schema = signature_schema(cls.__init__, skip=skip)
+    if schema.open or any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(cls.__init__).parameters.values()):
+        raise DistillError(f"loss {cls.__name__}: *args/**kwargs are not allowed; declare each parameter")
+    return schema.parameters
 
 
-def loss_parameters(cls: type[DistillLoss]) -> dict[str, LossParameter]:
-    """The recipe parameters a loss accepts: its ``__init__`` keywords after ``context``."""
-    signature = inspect.signature(cls.__init__)
-    hints = typing.get_type_hints(cls.__init__)
-    parameters = {}
-    for index, (name, parameter) in enumerate(signature.parameters.items()):
-        if index < 2:  # self, context
-            continue
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            raise DistillError(f"loss {cls.__name__}: *args/**kwargs are not allowed; declare each parameter")
-        if name not in hints:
-            raise DistillError(f"loss {cls.__name__}: parameter {name!r} needs a type annotation")
-        parameters[name] = LossParameter(name, hints[name], parameter.default)
-    return parameters
+def loss_schema(cls: type[DistillLoss]) -> SignatureSchema:
+    """A recipe's loss term as a schema: ``type``, ``weight`` and the loss's parameters."""
+    reserved = {"type": Parameter("type", str, ""), "weight": Parameter("weight", float, inspect.Parameter.empty)}
+    return SignatureSchema({**reserved, **loss_parameters(cls)})
 
 
 def build_loss(loss_type: str, context: LossContext, params: dict[str, Any]) -> DistillLoss:

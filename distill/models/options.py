@@ -9,12 +9,16 @@ whether it builds the student or the teacher; the recipe key a user must edit is
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 from distill.errors import DistillError
-from distill.registry import did_you_mean
+from distill.schema import (
+    SignatureSchema,
+    ValidationIssue,
+    check_options,
+    signature_schema,
+)
 
 AT = "{at}"
 """Written in a message where a recipe key appears: it becomes ``student.`` (the role) or nothing."""
@@ -74,25 +78,24 @@ def check_bool_option(options: dict[str, Any], key: str, arch: str) -> bool:
     return value
 
 
-def check_builder_options(arch: str, builder: Callable[..., Any], options: dict[str, Any]) -> None:
-    """Refuse options the builder does not take, naming the valid ones (before the builder's own TypeError).
+CIFAR_STEM_HINT = (
+    " The zoo's models are CIFAR networks already (3×3 stem, no max-pool); "
+    "cifar_stem adapts timm ResNets ('timm/<name>')."
+)
 
-    ``num_classes`` comes from the dataset, never from the options.
+
+def builder_schema(builder: Callable[..., Any]) -> SignatureSchema:
+    """A zoo builder's options: its signature less ``num_classes`` (which comes from the dataset)."""
+    return signature_schema(builder, skip=("num_classes",))
+
+
+def check_builder_options(arch: str, builder: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Refuse options the builder does not take or of the wrong type, naming the valid ones.
+
+    Runs when a recipe is loaded and again in ``create_model`` (before the builder's
+    own TypeError). A builder that takes ``**kwargs`` passes names it does not declare on.
     """
-    parameters = inspect.signature(builder).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return  # the builder passes them on; it reports unknown ones itself
-    accepted = [name for name in parameters if name != "num_classes"]
-    for key in options:
-        if key not in accepted:
-            valid = f"Its options: {', '.join(accepted)}." if accepted else "It takes no options."
-            hint = (
-                " The zoo's models are CIFAR networks already (3×3 stem, no max-pool); "
-                "cifar_stem adapts timm ResNets ('timm/<name>')."
-                if key == "cifar_stem"
-                else ""
-            )
-            raise ModelOptionError(
-                f"options.{key}",
-                f"model {arch!r} has no option {key!r}.{did_you_mean(key, accepted)} {valid}{hint} Remove it.",
-            )
+    try:
+        check_options(options, builder_schema(builder), ("options",), f"model {arch!r}", hints={"cifar_stem": CIFAR_STEM_HINT})
+    except ValidationIssue as issue:
+        raise ModelOptionError(".".join(issue.path), issue.message) from None

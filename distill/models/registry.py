@@ -9,17 +9,25 @@ return an ``nn.Module`` whose ``forward(x, features=True)`` returns a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from torch import nn
 
 from distill.errors import UnknownNameError
 from distill.models.checkpoint import load_weights
-from distill.models.options import check_builder_options
-from distill.models.timm_adapter import create_timm_model, timm_model_exists
+from distill.models.options import (
+    builder_schema,
+    check_builder_options,
+    check_reserved_options,
+)
+from distill.models.timm_adapter import (
+    check_timm_options,
+    create_timm_model,
+    timm_model_exists,
+)
 from distill.registry import Registry, did_you_mean
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", check=builder_schema)
 TIMM_PREFIX = "timm/"
 
 register_model = MODELS.register
@@ -35,6 +43,23 @@ def is_model(name: str) -> bool:
     if name.startswith(TIMM_PREFIX):
         return timm_model_exists(name[len(TIMM_PREFIX):])
     return name in MODELS
+
+
+def check_model_options(name: str, options: dict[str, Any]) -> None:
+    """Check a model spec's options without building it (what a recipe load can know).
+
+    Zoo models: against the builder's signature (names and types). ``timm/<name>``:
+    only :func:`~distill.models.timm_adapter.check_timm_options`; timm's own
+    arguments are checked when the model is built.
+
+    Raises:
+        ModelOptionError: its ``key`` (``options.<name>``) is relative to the model spec.
+    """
+    check_reserved_options(options)
+    if name.startswith(TIMM_PREFIX):
+        check_timm_options(name[len(TIMM_PREFIX):], options)
+    elif name in MODELS:
+        check_builder_options(name, MODELS.get(name), options)
 
 
 def create_model(

@@ -165,6 +165,21 @@ def build_error(name: str, options: dict[str, Any], error: Exception) -> ModelOp
     )
 
 
+def check_timm_options(name: str, options: dict[str, Any]) -> None:
+    """What can be checked of a timm model's options without building it: no hub weights, ``cifar_stem`` a bool.
+
+    Everything else (unknown arguments, bad values, ``cifar_stem`` on a non-ResNet)
+    only timm's constructor knows: those are checked when the model is built.
+    """
+    if options.get("pretrained", False):
+        raise ModelOptionError(
+            "options.pretrained",
+            f"timm/{name}: pretrained hub weights are not fetched by distill; "
+            f"download them yourself and give the file as {AT}checkpoint",
+        )
+    check_bool_option(dict(options), CIFAR_STEM, f"timm/{name}")
+
+
 def create_timm_model(name: str, num_classes: int, **kwargs) -> TimmModel:
     """Build ``timm.create_model(name, pretrained=False, num_classes=..., **options)`` wrapped for features.
 
@@ -181,12 +196,8 @@ def create_timm_model(name: str, num_classes: int, **kwargs) -> TimmModel:
     if not timm.is_model(name):
         candidates = timm.list_models()
         raise UnknownNameError(f"unknown timm model {name!r}.{did_you_mean(name, candidates)}")
-    if kwargs.pop("pretrained", False):
-        raise ModelOptionError(
-            "options.pretrained",
-            f"timm/{name}: pretrained hub weights are not fetched by distill; "
-            f"download them yourself and give the file as {AT}checkpoint",
-        )
+    check_timm_options(name, kwargs)
+    kwargs.pop("pretrained", None)
     options = dict(kwargs)
     cifar_stem = check_bool_option(kwargs, CIFAR_STEM, f"timm/{name}")
     try:

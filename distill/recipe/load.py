@@ -10,19 +10,20 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from distill.data import list_datasets
+from distill.data.registry import check_dataset_options
 from distill.data.views import build_views
 from distill.errors import DistillError, RecipeError, UnknownNameError
-from distill.losses import LOSSES, loss_parameters
+from distill.losses import LOSSES, loss_schema
 from distill.models import is_model, list_models
+from distill.models.options import ModelOptionError
+from distill.models.registry import check_model_options
 from distill.recipe.compose import ComposedRecipe, KeyPath, apply_overrides, compose_file, deep_merge
 from distill.recipe.manifest import load_manifest
 from distill.recipe.parse import parse_composed, recipe_error, recipe_name_from_path
 from distill.recipe.plugins import load_plugin, resolve_plugin
 from distill.recipe.schema import LossSpec, Recipe, TeacherSpec
 from distill.registry import did_you_mean
-from distill.schema import ValidationIssue, check_value
-
-LOSS_RESERVED_KEYS = ("type", "weight")
+from distill.schema import ValidationIssue, check_options
 
 
 def _parse_losses(composed: ComposedRecipe) -> dict[str, LossSpec]:
@@ -49,25 +50,11 @@ def _parse_losses(composed: ComposedRecipe) -> dict[str, LossSpec]:
         if "weight" not in entry:
             raise recipe_error(composed, (*path, "weight"), "required key is missing (expected float): the term's weight in the total loss")
         try:
-            weight = check_value(entry["weight"], float, (*path, "weight"))
-            accepted = loss_parameters(loss_cls)
-            params: dict[str, Any] = {}
-            for key, value in entry.items():
-                if key in LOSS_RESERVED_KEYS:
-                    continue
-                if key not in accepted:
-                    valid = [*LOSS_RESERVED_KEYS, *accepted]
-                    raise ValidationIssue(
-                        (*path, key),
-                        f"unknown parameter of loss {loss_type!r}.{did_you_mean(key, valid)} "
-                        f"Rename it to one of the valid keys or remove it: {', '.join(valid)}",
-                    )
-                params[key] = check_value(value, accepted[key].annotation, (*path, key))
-            for key, parameter in accepted.items():
-                if parameter.required and key not in params:
-                    raise ValidationIssue((*path, key), f"required parameter of loss {loss_type!r} is missing")
+            params = check_options(entry, loss_schema(loss_cls), path, f"loss {loss_type!r}")
         except ValidationIssue as issue:
             raise recipe_error(composed, issue.path, issue.message) from None
+        weight = params.pop("weight")
+        params.pop("type", None)
         specs[str(name)] = LossSpec(name=str(name), type=loss_type, weight=weight, params=params)
     if not specs:
         raise recipe_error(composed, ("losses",), "no loss term left: name at least one, e.g. 'ce: {weight: 1.0}'")
@@ -92,6 +79,7 @@ def _cross_check(recipe: Recipe, composed: ComposedRecipe) -> None:
             f"unknown dataset {recipe.data.dataset!r}.{did_you_mean(recipe.data.dataset, list_datasets())} "
             f"Available: {', '.join(list_datasets())}",
         )
+    _check_options(recipe, composed)
     if recipe.data.views is not None:
         try:
             build_views(recipe.data.views, image_size=32, seed=0)  # names, options and their values
@@ -117,29 +105,21 @@ def _cross_check(recipe: Recipe, composed: ComposedRecipe) -> None:
             "see 'distill teachers list') or set teacher.checkpoint=PATH "
             "(a RepDistiller/mdistiller ckpt_epoch_240.pth or a distill run's checkpoint)",
         )
-    positive = {
-        ("data", "batch_size"): recipe.data.batch_size,
-        ("data", "test_batch_size"): recipe.data.test_batch_size,
-        ("schedule", "epochs"): recipe.schedule.epochs,
-        ("log_every",): recipe.log_every,
-    }
-    for path, value in positive.items():
-        if value <= 0:
-            raise recipe_error(composed, path, f"must be positive, got {value}")
-    non_negative = {
-        ("data", "num_workers"): recipe.data.num_workers,
-        ("checkpoint_every_steps",): recipe.checkpoint_every_steps,
-        ("skip_nonfinite",): recipe.skip_nonfinite,
-    }
-    for path, value in non_negative.items():
-        if value < 0:
-            raise recipe_error(composed, path, f"must be 0 or more, got {value}")
-    if not 0 <= recipe.seed < 2**32:
-        raise recipe_error(composed, ("seed",), f"must be an integer from 0 to 2**32 - 1 (NumPy's seed range), got {recipe.seed}")
-    if recipe.optimizer.lr <= 0:
-        raise recipe_error(composed, ("optimizer", "lr"), f"must be positive, got {recipe.optimizer.lr}")
-    if recipe.schedule.milestones != sorted(recipe.schedule.milestones):
-        raise recipe_error(composed, ("schedule", "milestones"), f"must be increasing, got {recipe.schedule.milestones}")
+
+
+def _check_options(recipe: Recipe, composed: ComposedRecipe) -> None:
+    """Check the models' and the dataset's options against their builders' signatures, before any work starts."""
+    for role, spec in (("student", recipe.student), ("teacher", recipe.teacher)):
+        if spec is None:
+            continue
+        try:
+            check_model_options(spec.arch, spec.options)
+        except ModelOptionError as error:
+            raise RecipeError(f"{composed.source_of((role, *error.key.split('.')))}: {error.under(role)}") from None
+    try:
+        check_dataset_options(recipe.data.dataset, recipe.data.options)
+    except ValidationIssue as issue:
+        raise recipe_error(composed, issue.path, issue.message) from None
 
 
 def _resolve_teacher_arch(teacher: TeacherSpec, composed: ComposedRecipe) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from distill.models import is_model, list_models
 from distill.recipe.compose import compose_file
 from distill.recipe.schema import ScheduleSpec
 from distill.registry import did_you_mean
-from distill.schema import ValidationIssue, build_dataclass
+from distill.schema import ValidationIssue, between, build_dataclass, checked
 
 MANIFEST_ENV = "DISTILL_TEACHER_MANIFEST"
 MANIFEST_FILE = "cifar100.yaml"
@@ -51,6 +51,63 @@ class ManifestError(DistillError):
     """The teacher manifest is missing or malformed, or a teacher's checkpoint cannot be found."""
 
 
+def non_empty(value: str) -> str:
+    """A string that says something."""
+    if not value:
+        raise ValueError("expected a non-empty string")
+    return value
+
+
+def source_kind(value: str) -> str:
+    if value not in SOURCE_KINDS:
+        raise ValueError(f"expected one of {', '.join(SOURCE_KINDS)}, got {value!r}")
+    return value
+
+
+def file_pattern(value: str) -> str:
+    """A URL or member pattern whose only placeholder is ``{file}``."""
+    try:
+        value.format(file="x")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"expected a pattern whose only placeholder is {{file}}, got {value!r} ({error})") from None
+    return value
+
+
+def relative_file(value: str) -> str:
+    """A teacher's ``file`` must stay inside the manifest's folder: relative, no ``..``."""
+    pure = Path(non_empty(value))
+    if pure.is_absolute() or ".." in pure.parts:
+        raise ValueError(f"expected a path relative to the manifest's folder without '..', got {value!r}")
+    return value
+
+
+def sha256_hex(value: str) -> str:
+    if value and not SHA256_PATTERN.fullmatch(value):
+        raise ValueError(f'expected "" (not yet verified) or 64 hexadecimal characters, got {value!r}')
+    return value.lower()
+
+
+def known_arch(value: str) -> str:
+    if not is_model(value):
+        raise ValueError(
+            f"unknown architecture {value!r}.{did_you_mean(value, list_models())} "
+            f"Expected a zoo model ({', '.join(list_models())}) or 'timm/<name>'"
+        )
+    return value
+
+
+def supported_version(value: int) -> int:
+    if value != SUPPORTED_VERSION:
+        raise ValueError(f"expected {SUPPORTED_VERSION} (the only version this distill reads), got {value!r}")
+    return value
+
+
+def some_teachers(value: dict[str, Any]) -> dict[str, Any]:
+    if not value or not all(value):
+        raise ValueError(f"expected a mapping of teacher name (a non-empty string) to entry, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Source:
     """Where published checkpoints can be downloaded.
@@ -60,17 +117,46 @@ class Source:
     ``{file}`` replaced is the checkpoint's path inside it.
     """
 
-    name: str
-    kind: str
-    url: str
-    member: str = ""
+    name: str = field(metadata=checked(non_empty))
+    kind: str = field(metadata=checked(source_kind))
+    url: str = field(metadata=checked(lambda value: file_pattern(non_empty(value))))
+    member: str = field(default="", metadata=checked(file_pattern))
     note: str = ""
+
+    def __post_init__(self) -> None:
+        """Checks between fields (a ValidationIssue names the key under the source)."""
+        if self.kind == "tar" and not self.member:
+            raise ValidationIssue(("member",), "a tar source needs the checkpoint's path in the archive, e.g. 'cifar_teachers/{file}'")
+        if self.kind == "file" and "{file}" not in self.url:
+            raise ValidationIssue(("url",), f"a file source's url needs the {{file}} placeholder, got {self.url!r}")
 
     def url_for(self, file: str) -> str:
         return self.url.format(file=file)
 
     def member_for(self, file: str) -> str:
         return self.member.format(file=file)
+
+
+@dataclass(frozen=True)
+class TeacherFields:
+    """A teacher's entry as the manifest file writes it (its name is the key above it)."""
+
+    arch: str = field(metadata=checked(known_arch))
+    reference_top1: float = field(metadata=between(0, 100, "expected a top-1 accuracy in percent (0 to 100)"))
+    file: str = field(metadata=checked(relative_file))
+    sha256: str | None = field(metadata=checked(sha256_hex))
+    trained_runs: str = field(metadata=checked(non_empty))
+    recipe: str = ""
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """The manifest file's top level."""
+
+    version: int = field(metadata=checked(supported_version))
+    dataset: str = field(metadata=checked(non_empty))
+    sources: list[Source]
+    teachers: dict[str, TeacherFields] = field(metadata=checked(some_teachers))
 
 
 @dataclass(frozen=True)
@@ -257,144 +343,22 @@ def default_manifest_path() -> Path:
 # --- loading and validation -------------------------------------------------------------
 
 
-class _Invalid(Exception):
-    """A validation failure at a key path; turned into a ManifestError naming the file."""
-
-    def __init__(self, path: tuple[str, ...], message: str) -> None:
-        super().__init__(message)
-        self.path = path
-        self.message = message
-
-
-_TOP_KEYS = {"version": True, "dataset": True, "sources": True, "teachers": True}
-_SOURCE_KEYS = {"name": True, "kind": True, "url": True, "member": False, "note": False}
-_TEACHER_KEYS = {
-    "arch": True,
-    "reference_top1": True,
-    "file": True,
-    "sha256": True,
-    "recipe": False,
-    "trained_runs": True,
-}
-
-
-def _check_keys(data: Any, path: tuple[str, ...], keys: dict[str, bool], what: str) -> dict[str, Any]:
-    """``data`` is a mapping holding every required key of ``keys`` and no other key."""
-    if not isinstance(data, dict):
-        raise _Invalid(path, f"expected a mapping ({what}), got {_describe(data)}")
-    for key in data:
-        if key not in keys:
-            raise _Invalid(
-                (*path, str(key)),
-                f"unknown key.{did_you_mean(str(key), list(keys))} Allowed keys: {', '.join(keys)}",
-            )
-    for key, required in keys.items():
-        if required and key not in data:
-            raise _Invalid((*path, key), f"missing required key ({what} needs {', '.join(k for k, r in keys.items() if r)})")
-    return data
-
-
-def _describe(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}" if value is not None else "nothing (null)"
-
-
-def _string(data: dict[str, Any], key: str, path: tuple[str, ...], *, allow_empty: bool = False) -> str:
-    value = data.get(key, "")
-    if not isinstance(value, str):
-        raise _Invalid((*path, key), f"expected a string, got {_describe(value)}")
-    if not value and not allow_empty:
-        raise _Invalid((*path, key), "expected a non-empty string")
-    return value
-
-
-def _relative_file(value: str, path: tuple[str, ...]) -> str:
-    """A teacher's ``file`` must stay inside the manifest's folder: relative, no ``..``."""
-    pure = Path(value)
-    if pure.is_absolute() or ".." in pure.parts:
-        raise _Invalid(path, f"expected a path relative to the manifest's folder without '..', got {value!r}")
-    return value
-
-
-def _pattern(value: str, path: tuple[str, ...]) -> str:
-    """A URL or member pattern whose only placeholder is ``{file}``."""
-    try:
-        value.format(file="x")
-    except (KeyError, IndexError, ValueError) as error:
-        raise _Invalid(path, f"expected a pattern whose only placeholder is {{file}}, got {value!r} ({error})") from None
-    return value
-
-
-def _parse_source(data: Any, path: tuple[str, ...]) -> Source:
-    _check_keys(data, path, _SOURCE_KEYS, "a source")
-    kind = _string(data, "kind", path)
-    if kind not in SOURCE_KINDS:
-        raise _Invalid((*path, "kind"), f"expected one of {', '.join(SOURCE_KINDS)}, got {kind!r}")
-    url = _pattern(_string(data, "url", path), (*path, "url"))
-    member = _string(data, "member", path, allow_empty=True)
-    if kind == "tar" and not member:
-        raise _Invalid((*path, "member"), "a tar source needs the checkpoint's path in the archive, e.g. 'cifar_teachers/{file}'")
-    if kind == "file" and "{file}" not in url:
-        raise _Invalid((*path, "url"), f"a file source's url needs the {{file}} placeholder, got {url!r}")
-    return Source(
-        name=_string(data, "name", path),
-        kind=kind,
-        url=url,
-        member=_pattern(member, (*path, "member")),
-        note=_string(data, "note", path, allow_empty=True),
-    )
-
-
-def _parse_teacher(name: Any, data: Any, path: tuple[str, ...]) -> TeacherEntry:
-    if not isinstance(name, str) or not name:
-        raise _Invalid(path, f"a teacher's name must be a non-empty string, got {_describe(name)}")
-    _check_keys(data, path, _TEACHER_KEYS, "a teacher")
-    arch = _string(data, "arch", path)
-    if not is_model(arch):
-        raise _Invalid(
-            (*path, "arch"),
-            f"unknown architecture {arch!r}.{did_you_mean(arch, list_models())} "
-            f"Expected a zoo model ({', '.join(list_models())}) or 'timm/<name>'",
+def _manifest(data: Any, path: Path) -> TeacherManifest:
+    """The manifest file's content, checked against :class:`ManifestFile`, as a :class:`TeacherManifest`."""
+    parsed = build_dataclass(ManifestFile, data, ())
+    teachers = {
+        name: TeacherEntry(
+            name=name,
+            arch=entry.arch,
+            reference_top1=entry.reference_top1,
+            file=entry.file,
+            sha256=entry.sha256 or "",
+            recipe=entry.recipe,
+            trained_runs=entry.trained_runs,
         )
-    top1 = data["reference_top1"]
-    if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not 0 <= top1 <= 100:
-        raise _Invalid((*path, "reference_top1"), f"expected a top-1 accuracy in percent (0 to 100), got {_describe(top1)}")
-    sha256 = data["sha256"]
-    if sha256 is None:
-        sha256 = ""
-    if not isinstance(sha256, str) or (sha256 and not SHA256_PATTERN.fullmatch(sha256)):
-        raise _Invalid((*path, "sha256"), f'expected "" (not yet verified) or 64 hexadecimal characters, got {_describe(sha256)}')
-    return TeacherEntry(
-        name=name,
-        arch=arch,
-        reference_top1=float(top1),
-        file=_relative_file(_string(data, "file", path), (*path, "file")),
-        sha256=sha256.lower(),
-        recipe=_string(data, "recipe", path, allow_empty=True),
-        trained_runs=_string(data, "trained_runs", path),
-    )
-
-
-def _parse_manifest(data: Any, path: Path) -> TeacherManifest:
-    _check_keys(data, (), _TOP_KEYS, "the manifest")
-    version = data["version"]
-    if version != SUPPORTED_VERSION or isinstance(version, bool):
-        raise _Invalid(("version",), f"expected {SUPPORTED_VERSION} (the only version this distill reads), got {_describe(version)}")
-    dataset = _string(data, "dataset", ())
-    if not isinstance(data["sources"], list):
-        raise _Invalid(("sources",), f"expected a list of sources, got {_describe(data['sources'])}")
-    sources = [_parse_source(item, ("sources", str(i))) for i, item in enumerate(data["sources"])]
-    teachers_data = data["teachers"]
-    if not isinstance(teachers_data, dict) or not teachers_data:
-        raise _Invalid(("teachers",), f"expected a mapping of teacher name to entry, got {_describe(teachers_data)}")
-    teachers = {name: _parse_teacher(name, entry, ("teachers", str(name))) for name, entry in teachers_data.items()}
-    return TeacherManifest(
-        path=path,
-        root=path.parent,
-        dataset=dataset,
-        sources=sources,
-        teachers=teachers,
-        version=version,
-    )
+        for name, entry in parsed.teachers.items()
+    }
+    return TeacherManifest(path=path, root=path.parent, dataset=parsed.dataset, sources=parsed.sources, teachers=teachers, version=parsed.version)
 
 
 def read_manifest_text(path: Path) -> str:
@@ -433,7 +397,7 @@ def load_manifest(path: str | Path | None = None) -> TeacherManifest:
     path = Path(os.path.abspath(Path(path).expanduser() if path is not None else default_manifest_path()))
     data = parse_manifest_yaml(read_manifest_text(path), path)
     try:
-        return _parse_manifest(data, path)
-    except _Invalid as issue:
+        return _manifest(data, path)
+    except ValidationIssue as issue:
         where = ".".join(issue.path) or "(top level)"
         raise ManifestError(f"{path}: {where}: {issue.message}") from None

@@ -10,7 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from distill.schema import at_least, between, checked, positive
+
 Precision = Literal["fp32", "bf16", "fp16"]
+
+SEED_RANGE = "must be an integer from 0 to 2**32 - 1 (NumPy's seed range)"
+
+
+def increasing(milestones: list[int]) -> list[int]:
+    """The schedule's milestones, which must not go back in time."""
+    if milestones != sorted(milestones):
+        raise ValueError(f"must be increasing, got {milestones}")
+    return milestones
 
 
 @dataclass
@@ -71,9 +82,9 @@ class DataSpec:
     root: str = "data"
     download: bool = False
     verify: bool = True
-    batch_size: int = 64
-    test_batch_size: int = 64
-    num_workers: int = 2
+    batch_size: int = field(default=64, metadata=positive())
+    test_batch_size: int = field(default=64, metadata=positive())
+    num_workers: int = field(default=2, metadata=at_least(0))
     loader: Literal["auto", "device", "workers"] = "auto"
     views: ViewsSpec | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -82,7 +93,7 @@ class DataSpec:
 @dataclass
 class OptimizerSpec:
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.05
+    lr: float = field(default=0.05, metadata=positive())
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
@@ -92,8 +103,8 @@ class OptimizerSpec:
 class ScheduleSpec:
     """Step decay: lr × gamma at each milestone epoch (epochs counted from 1)."""
 
-    epochs: int = 240
-    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    epochs: int = field(default=240, metadata=positive())
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210], metadata=checked(increasing))
     gamma: float = 0.1
 
 
@@ -140,14 +151,14 @@ class Recipe:
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     init: InitSpec = field(default_factory=InitSpec)
-    seed: int = 0
+    seed: int = field(default=0, metadata=between(0, 2**32 - 1, SEED_RANGE))
     deterministic: bool = False
     precision: Precision = "fp32"
     channels_last: bool = False
     compile: bool = False
     compile_backend: str = "inductor"
-    log_every: int = 50
-    checkpoint_every_steps: int = 0
-    skip_nonfinite: int = 0
+    log_every: int = field(default=50, metadata=positive())
+    checkpoint_every_steps: int = field(default=0, metadata=at_least(0))
+    skip_nonfinite: int = field(default=0, metadata=at_least(0))
     output_dir: str = "runs"
     plugins: list[str] = field(default_factory=list)
