@@ -125,8 +125,6 @@ class Trainer:
             self.resumed_from = TrainState(**vars(self.state))
             self.last_saved = f"{plan.checkpoint} (epoch {self.state.epoch}, step {self.state.step})"
 
-    # --- what the trainer exposes ----------------------------------------------------------------
-
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
@@ -360,8 +358,6 @@ class Trainer:
         """Checkpoint at the current position (already done when ``where`` is an epoch end) and stop."""
         signal_name = self._signals.requested if self._signals and self._signals.requested else "a stop request"
         raise TrainingStopped(stopped_message(signal_name, where, self.last_saved, self.run_dir))
-
-    # --- epoch ends and the end ----------------------------------------------------------------------
 
     def _end_epoch(self, row: dict, improved: bool) -> None:
         self.accelerator.wait_for_everyone()
