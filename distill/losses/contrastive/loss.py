@@ -27,8 +27,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
+from distill import distributed
 from distill.losses.base import Batch, DistillLoss, LossContext
-from distill.losses.contrastive import distributed
 from distill.losses.contrastive.estimators import (
     cpc_bound,
     cpc_ceiling,
