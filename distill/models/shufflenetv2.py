@@ -132,7 +132,7 @@ class ShuffleNetV2(ZooModel):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.linear = nn.Linear(out_channels[3], num_classes)
 
-    def forward_features(self, x: Tensor) -> FeatureRecord:
+    def feature_record(self, x: Tensor) -> FeatureRecord:
         stem = F.relu(self.bn1(self.conv1(x)))
         out, maps, preact_maps = run_stages(stem, (self.layer1, self.layer2, self.layer3))
         pooled = self.avgpool(F.relu(self.bn2(self.conv2(out)))).flatten(1)
