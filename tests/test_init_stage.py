@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -9,6 +10,8 @@ from distill.engine import Trainer
 from distill.engine.metrics import read_metrics
 from distill.losses import DistillLoss, InitStage, LossContext, register_loss
 from distill.recipe import recipe_from_dict
+
+pytestmark = pytest.mark.slow
 
 
 @register_loss("test-staged")
