@@ -31,6 +31,8 @@ import yaml
 from distill.cli.main import EXIT_USER_ERROR, main
 from distill.models import create_model
 
+pytestmark = pytest.mark.e2e
+
 RESULT_PATTERNS = ("summary.json", "*.pt", "metrics.jsonl")
 """Files that a reader of a run directory takes for (part of) a result."""
 

@@ -26,6 +26,7 @@ def benchmark_tool():
     sys.modules.pop(spec.name, None)
 
 
+@pytest.mark.slow
 def test_benchmark_reports_every_figure(benchmark_tool, tmp_path, capsys):
     json_path = tmp_path / "bench.json"
     argv = [
@@ -76,6 +77,7 @@ def test_rejects_unknown_method(benchmark_tool):
         benchmark_tool.parse_args(["--methods", "kd,fitnet"])
 
 
+@pytest.mark.slow
 def test_data_only_and_teacher_forward_modes(benchmark_tool, tmp_path, capsys):
     common = ["--steps", "2", "--warmup", "1", "--batch-size", "16", "--workers", "0"]
     data = benchmark_tool.main([*common, "--data-only", "--train-size", "200", "--data-root", str(tmp_path / "data")])
@@ -89,6 +91,7 @@ def test_data_only_and_teacher_forward_modes(benchmark_tool, tmp_path, capsys):
     assert "bf16 speed-up" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_crd_kd_and_the_projected_schedule(benchmark_tool, tmp_path, capsys):
     argv = [
         "--student", "resnet8", "--teacher", "resnet14", "--train-size", "200", "--steps", "1", "--warmup", "1",
@@ -102,6 +105,8 @@ def test_crd_kd_and_the_projected_schedule(benchmark_tool, tmp_path, capsys):
     assert "240 epochs" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_step_guard_benchmark_reports_both_times():
     import re
     import subprocess

@@ -243,6 +243,8 @@ def write_recipe(folder: Path, data_root: Path, teacher: Path | None = None) -> 
     return path
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_distill_train_refuses_a_cifar_file_that_would_run_code(cifar_root: Path, tmp_path: Path) -> None:
     """A real process: exit 2, one line naming the file and the global, no traceback, no marker."""
     marker = tmp_path / "code-ran"
@@ -260,6 +262,7 @@ def test_distill_train_refuses_a_cifar_file_that_would_run_code(cifar_root: Path
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.e2e
 def test_distill_train_refuses_a_checkpoint_that_would_run_code(
     cifar_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -315,6 +318,7 @@ def write_teacher_manifest(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_teachers_verify_names_its_own_flags_not_recipe_keys(
     cifar_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -340,6 +344,7 @@ def fake_cifar_cli(root: Path, *extra: str) -> list[str]:
     return ["fake-cifar", str(root), "--train", "100", "--test", "100", *extra]
 
 
+@pytest.mark.e2e
 def test_fake_cifar_does_not_overwrite_a_dataset_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "cifar-100-python"
     assert main(fake_cifar_cli(tmp_path, "--seed", "1")) == 0
@@ -355,6 +360,7 @@ def test_fake_cifar_does_not_overwrite_a_dataset_without_force(tmp_path: Path, c
         write_fake_cifar(tmp_path, train_size=100, test_size=100)
 
 
+@pytest.mark.e2e
 def test_fake_cifar_never_overwrites_files_matching_the_official_md5(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,6 +15,8 @@ import torch
 from distill.cli.main import main
 from distill.engine.metrics import read_metrics
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parent.parent
 KD_RECIPE = REPO / "recipes/cifar100/kd/resnet32x4-resnet8x4.yaml"
 
@@ -45,6 +47,7 @@ def kd_run(fake_cifar100, tiny_teacher, tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_kd_run_writes_a_complete_run_directory(kd_run):
     for name in ("recipe.yaml", "run.json", "metrics.jsonl", "summary.json", "log.txt", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (kd_run / name).is_file(), name
@@ -66,6 +69,7 @@ def test_kd_run_writes_a_complete_run_directory(kd_run):
     assert info["seed"] == 0 and info["num_processes"] == 1 and info["train_size"] == 256
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_the_student_in_reference_format(kd_run):
     checkpoint = torch.load(kd_run / "checkpoints/last.pt", map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 2 and checkpoint["arch"] == "resnet8"
@@ -76,6 +80,7 @@ def test_checkpoint_holds_the_student_in_reference_format(kd_run):
     create_model("resnet8", checkpoint=kd_run / "checkpoints/last.pt")  # loads strictly, like a teacher file
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_last_epoch_accuracy(kd_run, capsys):
     assert main(["eval", str(kd_run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -86,6 +91,7 @@ def test_eval_reproduces_the_last_epoch_accuracy(kd_run, capsys):
     assert "top-1" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_resolved_recipe_reproduces_the_run(kd_run, tmp_path):
     again = tmp_path / "again"
     assert main(["train", str(kd_run / "recipe.yaml"), "--run-dir", str(again)]) == 0
@@ -94,6 +100,7 @@ def test_the_resolved_recipe_reproduces_the_run(kd_run, tmp_path):
     assert [[r[k] for k in keys] for r in first] == [[r[k] for k in keys] for r in second]
 
 
+@pytest.mark.slow
 def test_a_teacher_trains_with_the_same_command(fake_cifar100, tmp_path):
     recipe = REPO / "recipes/cifar100/teachers/resnet56.yaml"
     run_dir = tmp_path / "teacher"
@@ -102,6 +109,7 @@ def test_a_teacher_trains_with_the_same_command(fake_cifar100, tmp_path):
     assert [r["epoch"] for r in rows] == [1] and "train/loss/kd" not in rows[0]
 
 
+@pytest.mark.slow
 def test_a_finished_run_dir_is_refused(kd_run, fake_cifar100, tiny_teacher, capsys):
     code = main(["train", str(KD_RECIPE), *small_run_overrides(fake_cifar100), f"teacher.checkpoint={tiny_teacher}", "--run-dir", str(kd_run)])
     assert code == 2
@@ -137,6 +145,7 @@ def test_recipes_prints_paths_that_train_accepts_from_the_same_folder(where, tmp
     assert first == ("recipes/cifar100/kd/resnet32x4-resnet8x4.yaml" if where == "repo" else str(KD_RECIPE))
 
 
+@pytest.mark.slow
 def test_a_two_stage_method_runs_both_stages(fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / "ft"
     recipe = REPO / "recipes/cifar100/ft/resnet32x4-resnet8x4.yaml"
@@ -150,6 +159,7 @@ def test_a_two_stage_method_runs_both_stages(fake_cifar100, tiny_teacher, tmp_pa
     assert rows[-1]["epoch"] == 1 and math.isfinite(rows[-1]["train/loss/ft"])
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one_job(fake_cifar100, tiny_teacher, tmp_path):
     """torchrun with 2 CPU processes (gloo), CRD+KD: one run directory, metrics over the whole test set."""
     run_dir = tmp_path / "ddp"

@@ -83,6 +83,8 @@ torch.distributed.destroy_process_group()
 """
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("loss_type", ["crd", "ml_cpc"])
 def test_two_processes_hold_identical_banks_equal_to_one_process(loss_type, tmp_path):
     script = tmp_path / "worker.py"

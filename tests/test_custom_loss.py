@@ -36,6 +36,8 @@ def small_overrides(data_root: Path, teacher: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_tutorial_trains_as_written(fake_cifar100, tiny_teacher, tmp_path):
     files = tutorial_files()
     assert set(files) == {"my_losses.py", "cosine.yaml"}

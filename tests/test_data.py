@@ -153,6 +153,8 @@ def test_fake_cifar_is_deterministic_and_validates(tmp_path: Path) -> None:
         write_fake_cifar(tmp_path / "c", num_classes=100, test_size=50)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_make_fake_cifar100_tool(tmp_path: Path) -> None:
     tool = REPO / "tools" / "make_fake_cifar100.py"
     args = [sys.executable, str(tool), str(tmp_path), "--train", "40", "--test", "10", "--classes", "10"]

@@ -304,6 +304,8 @@ def test_batch_larger_than_the_training_set_is_still_refused(fake_cifar100):
 # --- end to end ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("loader", ["device", "workers"])
 def test_distill_train_runs_on_both_data_paths(loader, fake_cifar100, tiny_teacher, tmp_path):
     run_dir = tmp_path / loader
@@ -350,6 +352,8 @@ torch.distributed.destroy_process_group()
 """
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_processes_see_disjoint_shards_and_evaluate_exactly(odd_cifar, tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

@@ -106,6 +106,7 @@ def test_run_dirs_are_unique_and_never_reused(tmp_path):
         claim_run_dir(first)
 
 
+@pytest.mark.e2e
 def test_runs_named_in_the_same_second_by_racing_processes_get_distinct_directories(tmp_path):
     """Eight processes claim the same time-stamped name at once: each must get its own directory."""
     script = (
@@ -122,6 +123,7 @@ def test_runs_named_in_the_same_second_by_racing_processes_get_distinct_director
     assert len(set(claimed)) == 8 and len(list(tmp_path.iterdir())) == 8
 
 
+@pytest.mark.e2e
 def test_a_run_directory_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
     first = RunDirLock(tmp_path)
     first.acquire()

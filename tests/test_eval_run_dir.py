@@ -13,6 +13,8 @@ import yaml
 from distill.cli.main import main
 from distill.engine.metrics import read_metrics
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 REPO = Path(__file__).resolve().parent.parent
 CE_RECIPE = REPO / "recipes/cifar100/teachers/resnet56.yaml"
 VIT = "timm/vit_tiny_patch16_224"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -11,6 +12,8 @@ from distill.recipe.resolve import resolve_recipe
 from distill.engine.metrics import read_metrics
 from distill.losses import DistillLoss, InitStage, LossContext, register_loss
 from distill.recipe.load import recipe_from_dict
+
+pytestmark = pytest.mark.slow
 
 
 @register_loss("test-staged")

@@ -34,6 +34,7 @@ def test_the_zoo_is_complete():
     assert expected <= set(ZOO_LOSSES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS, ids=lambda t: t.name)
 def test_every_loss_on_the_task(task):
     student, teacher = model(task.student).train(), model(task.teacher).eval()

@@ -99,3 +99,35 @@ def test_a_loss_parameter_without_annotation_is_refused():
 
     with pytest.raises(DistillError, match="type annotation"):
         register_loss("test-unannotated")(Unannotated)
+
+
+def no_teacher_context() -> LossContext:
+    student = context().student
+    return LossContext(student=student, teacher=None, num_classes=3, dataset_size=10, labels=torch.zeros(10, dtype=torch.long))
+
+
+@pytest.mark.parametrize("requires_teacher", [True, False])
+def test_a_plugin_loss_gets_the_teacher_check_from_its_declaration(requires_teacher, monkeypatch):
+    """The base class enforces ``requires_teacher``: a plugin writes no check of its own."""
+
+    class Plugin(DistillLoss):
+        def __init__(self, context: LossContext) -> None:
+            super().__init__(context)
+
+        def forward(self, student, teacher, batch):
+            return student.logits.sum() * 0.0
+
+    Plugin.requires_teacher = requires_teacher
+    monkeypatch.setitem(LOSSES._entries, "test-plugin", Plugin)
+    if requires_teacher:
+        with pytest.raises(ValueError, match=r"^Plugin needs a teacher \(requires_teacher = True\), but none was given"):
+            build_loss("test-plugin", no_teacher_context(), {})
+    else:
+        assert isinstance(build_loss("test-plugin", no_teacher_context(), {}), Plugin)
+
+
+@pytest.mark.parametrize("loss_type", ["kd", "at", "segmental", "crd"])
+def test_built_in_losses_refuse_a_missing_teacher_with_the_same_message(loss_type):
+    cls = LOSSES.get(loss_type)
+    with pytest.raises(ValueError, match=rf"^{cls.__name__} needs a teacher .* or remove this term"):
+        build_loss(loss_type, no_teacher_context(), {})

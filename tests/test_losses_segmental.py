@@ -429,6 +429,8 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_processes_give_the_global_batch_loss_and_gradients(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

@@ -227,6 +227,7 @@ def test_every_estimator_stays_under_its_ceiling_on_every_batch(exact_log_ratios
 # ----------------------------------------------------------------- a trained staircase
 
 
+@pytest.mark.slow
 def test_trained_critics_show_the_papers_claims():
     """Separable critics up a 2 → 6 → 10 nat staircase (500 steps per level, batch 128).
 
@@ -287,6 +288,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.e2e
 def test_cli_end_to_end_writes_the_csv_the_summary_and_the_png(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "bench"
@@ -309,6 +311,7 @@ def test_cli_end_to_end_writes_the_csv_the_summary_and_the_png(tmp_path, capsys)
     assert (out / "mi_bench.png").read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.e2e
 def test_cli_without_matplotlib_writes_the_csv_and_says_how_to_get_the_figure(tmp_path, capsys, monkeypatch):
     for name in [name for name in sys.modules if name == "matplotlib" or name.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
@@ -321,6 +324,7 @@ def test_cli_without_matplotlib_writes_the_csv_and_says_how_to_get_the_figure(tm
     assert (out / "mi_bench.csv").is_file() and not (out / "mi_bench.png").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -344,6 +348,7 @@ def test_cli_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsy
     assert not out.exists()
 
 
+@pytest.mark.e2e
 def test_cli_replot_without_a_result_exits_2(tmp_path, capsys):
     assert main(["mi-bench", "--replot", "--output", str(tmp_path)]) == EXIT_USER_ERROR
     assert "run `distill mi-bench --output" in capsys.readouterr().err

@@ -111,6 +111,8 @@ def test_timm_models_answer_with_the_same_feature_record(tmp_path):
     assert [m.shape[1] for m in record.maps] == [64, 64, 128, 256, 512]
     assert record.pooled.shape == (2, 512) and record.logits.shape == (2, 7)
     assert torch.allclose(model(x), record.logits, atol=1e-6)
+    assert torch.equal(model.feature_record(x).logits, record.logits)
+    assert not hasattr(model, "forward_features")  # timm's name (the unpooled map) is not ours: one meaning per name
     torch.save(model.state_dict(), tmp_path / "timm.pth")
     reloaded = create_model("timm/resnet18", num_classes=7, checkpoint=tmp_path / "timm.pth").eval()
     assert torch.equal(reloaded(x), model(x))

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from distill.models import FeatureRecord, create_model, is_model
-from distill.models.shufflenetv2 import channel_shuffle
+from distill.models.shufflenet_stage import channel_shuffle
 
 NUM_CLASSES = 100
 BATCH = 2

@@ -116,6 +116,8 @@ def test_quickstart_recipes_validate(size):
 # --- the reduced demo, end to end ----------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_reduced_quickstart_runs_four_models_per_seed_and_prints_the_verdicts(tmp_path, capsys):
     assert main(["quickstart", "--reduced", "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -150,6 +152,7 @@ def test_reduced_quickstart_runs_four_models_per_seed_and_prints_the_verdicts(tm
             assert f"train/loss/{term}" in rows[-1]
 
 
+@pytest.mark.e2e
 def test_seed_options(tmp_path, capsys):
     from distill.cli.main import build_parser
     from distill.cli.quickstart import chosen_seeds
@@ -165,6 +168,8 @@ def test_seed_options(tmp_path, capsys):
 # --- worker failures reach the parent --------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_user_error_in_a_worker_ends_the_command_with_its_message(tmp_path, capsys, monkeypatch):
     from distill.benchmark import quickstart
 
@@ -186,12 +191,16 @@ def _teacher_then_students(job: Job) -> Outcome:
     return Outcome(job, 50.0, 0.0, 0.0)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_worker_process_that_dies_is_reported_by_name(tmp_path):
     job = Job("quickstart seed 0, teacher", (0, "teacher"), {}, str(tmp_path / "teacher"))
     with pytest.raises(DistillError, match=r"quickstart seed 0, teacher failed: its worker process died"):
         run_jobs([job], lambda outcome: [], workers=1, worker=_die)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_follow_up_jobs_run_after_the_job_that_asked_for_them(tmp_path):
     seen = []
 

@@ -271,6 +271,8 @@ def test_every_readme_command_is_run_or_listed():
     assert not stale, f"entries in RUN/NOT_RUN that README.md no longer shows (remove or update them): {stale}"
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_readme_commands_run(tmp_path, monkeypatch, capsys):
     sandbox = make_sandbox(tmp_path)
     monkeypatch.chdir(sandbox.root)

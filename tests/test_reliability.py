@@ -50,6 +50,8 @@ def all_finite(state: dict) -> bool:
     return all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind,problem", [("loss", "loss term extra = nan"), ("gradient", "the gradient became non-finite")])
 def test_a_non_finite_step_stops_the_run_and_saves_nothing_after_it(
     kind, problem, plugin, fake_cifar100, tiny_teacher, tmp_path, capsys
@@ -67,6 +69,8 @@ def test_a_non_finite_step_stops_the_run_and_saves_nothing_after_it(
     assert not (run_dir / "summary.json").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_skip_nonfinite_drops_bad_steps_up_to_its_budget(plugin, fake_cifar100, tiny_teacher, tmp_path, capsys):
     bad = "{type: bad_at_steps, weight: 1.0, steps: [2, 5]}"
     run_dir = tmp_path / "run"
@@ -84,6 +88,7 @@ def test_skip_nonfinite_drops_bad_steps_up_to_its_budget(plugin, fake_cifar100, 
     assert code == 2 and "training stopped at step 5" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_skipped_step_changes_no_parameter_and_no_optimiser_state(plugin, fake_cifar100, tiny_teacher, tmp_path):
     from distill.engine.trainer import Trainer
     from distill.recipe.resolve import resolve_recipe
@@ -116,6 +121,8 @@ def stopped_run(run_dir: Path, plugin: Path, data_root: Path, teacher: Path, cap
     return overrides
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigterm_in_process_checkpoints_where_it_stopped(plugin, fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / "run"
     stopped_run(run_dir, plugin, fake_cifar100, tiny_teacher, capsys)
@@ -128,6 +135,8 @@ def test_sigterm_in_process_checkpoints_where_it_stopped(plugin, fake_cifar100, 
     assert [(r["from_epoch"], r["from_batch"], r["from_step"]) for r in info["resumes"]] == [(0, 3, 3)]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_resuming_with_another_recipe_is_refused_unless_forced(plugin, fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / "run"
     stopped_run(run_dir, plugin, fake_cifar100, tiny_teacher, capsys)
@@ -142,12 +151,16 @@ def test_resuming_with_another_recipe_is_refused_unless_forced(plugin, fake_cifa
     assert "lr: 0.1" in (run_dir / "recipe.yaml").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_result_neutral_change_resumes_without_force(plugin, fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / "run"
     stopped_run(run_dir, plugin, fake_cifar100, tiny_teacher, capsys)
     assert main(["train", "--resume", str(run_dir), "log_every=3", "data.num_workers=1", "--no-tensorboard"]) == 0
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_resuming_with_another_teacher_file_is_refused_unless_forced(plugin, fake_cifar100, tiny_teacher, tmp_path, capsys):
     from distill.models import create_model
 
@@ -163,6 +176,7 @@ def test_resuming_with_another_teacher_file_is_refused_unless_forced(plugin, fak
     assert main(["train", "--resume", str(run_dir), "--no-tensorboard", "--force"]) == 0
 
 
+@pytest.mark.e2e
 def test_resume_needs_a_run_directory(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["train", "--resume", str(tmp_path / "empty")]) == 2
@@ -171,6 +185,8 @@ def test_resume_needs_a_run_directory(tmp_path, capsys):
     assert "give a recipe" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_run_killed_before_its_first_checkpoint_starts_over_in_place(fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -184,6 +200,8 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_in_place(fake_cifa
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(fake_cifar100, tiny_teacher, tmp_path, capsys, monkeypatch):
     real_save, calls = torch.save, []
 
@@ -206,6 +224,8 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(fake_cifar100, t
     assert not list((run_dir / "checkpoints").glob(".*")) and not (run_dir / "summary.json").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_failing_rank_ends_every_rank(fake_cifar100, tiny_teacher, tmp_path):
     """Two CPU processes; rank 1 raises at step 2: the whole job exits non-zero instead of hanging."""
     command = [

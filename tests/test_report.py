@@ -366,6 +366,7 @@ def test_csv_rows_long_format(runs_dir, tmp_path):
 # --- figures and the CLI -------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_cli_writes_report_table_csv_and_figures(runs_dir, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "out"
@@ -382,6 +383,7 @@ def test_cli_writes_report_table_csv_and_figures(runs_dir, tmp_path, capsys):
     assert f"](figures/{R32_R8}.png)" in markdown
 
 
+@pytest.mark.e2e
 def test_cli_without_matplotlib_still_writes_the_table(runs_dir, tmp_path, capsys, monkeypatch):
     for name in [name for name in sys.modules if name == "matplotlib" or name.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
@@ -395,6 +397,7 @@ def test_cli_without_matplotlib_still_writes_the_table(runs_dir, tmp_path, capsy
     assert "BEST-epoch top-1" in (out / "report.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.e2e
 def test_cli_no_figures_and_all_tasks(runs_dir, tmp_path):
     out = tmp_path / "out"
     assert main(["report", str(runs_dir), "-o", str(out), "--no-figures", "--all-tasks"]) == 0
@@ -403,6 +406,7 @@ def test_cli_no_figures_and_all_tasks(runs_dir, tmp_path):
     assert header.count("\u2192") == len(TASKS)
 
 
+@pytest.mark.e2e
 def test_cli_without_runs_exits_2_with_a_hint(tmp_path, capsys):
     empty = tmp_path / "nothing_here"
     empty.mkdir()
@@ -495,6 +499,7 @@ def test_a_cell_with_only_failed_runs_says_so(tmp_path):
     assert "\u2014 (1 incomplete, 1 failed)<br>paper 74.68" in table
 
 
+@pytest.mark.e2e
 def test_cli_counts_failed_runs_apart(runs_dir, tmp_path, capsys):
     failed_runs(runs_dir)
     assert main(["report", str(runs_dir), "--output", str(tmp_path / "out"), "--no-figures"]) == 0

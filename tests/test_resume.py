@@ -22,6 +22,8 @@ import torch
 from distill.engine.metrics import read_metrics
 from distill.engine.signals import EXIT_STOPPED
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 REPO = Path(__file__).resolve().parent.parent
 CRD_RECIPE = REPO / "recipes/cifar100/crd/resnet32x4-resnet8x4.yaml"
 FAULT_PLUGIN = Path(__file__).resolve().parent / "fault_plugin.py"

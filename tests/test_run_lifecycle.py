@@ -31,6 +31,8 @@ from distill.files.rundir import RunDirLock, read_outcome
 from distill.engine.signals import EXIT_STOPPED
 from kd_runs import KD_RECIPE, STEP_LOSSES, TESTS, kd_overrides, train
 
+pytestmark = pytest.mark.e2e
+
 REPO = TESTS.parent
 
 
@@ -59,6 +61,7 @@ def epoch_rows(run_dir: Path) -> list[dict]:
     return [row for row in read_metrics(run_dir) if "test/top1" in row]
 
 
+@pytest.mark.slow
 def test_a_forced_optimizer_change_takes_effect_from_the_resumed_step(plugin, fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / "run"
     stopped_run(run_dir, plugin, fake_cifar100, tiny_teacher, capsys)
@@ -75,6 +78,7 @@ def test_a_forced_optimizer_change_takes_effect_from_the_resumed_step(plugin, fa
     assert "lr: 0.01" in (run_dir / "recipe.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_a_forced_schedule_change_moves_the_decay(plugin, fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / "run"
     stopped_run(run_dir, plugin, fake_cifar100, tiny_teacher, capsys)
@@ -98,6 +102,7 @@ def test_a_change_that_cannot_be_applied_is_refused_by_name_even_when_forced(
     assert saved(run_dir)["state"]["step"] == 3
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_extended_by_a_forced_longer_schedule(fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert train(run_dir, *kd_overrides(fake_cifar100, tiny_teacher, "schedule.epochs=1")) == 0
@@ -111,6 +116,7 @@ def test_a_finished_run_is_extended_by_a_forced_longer_schedule(fake_cifar100, t
     assert saved(run_dir)["state"]["step"] == 8 and read_outcome(run_dir).status == "finished"
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_run_directory_is_refused_with_the_holder(
     plugin, fake_cifar100, tiny_teacher, tmp_path, capsys
 ):
@@ -128,6 +134,7 @@ def test_a_second_process_on_a_run_directory_is_refused_with_the_holder(
     assert resume(run_dir) == 0
 
 
+@pytest.mark.slow
 def test_every_way_a_run_ends_is_recorded(plugin, fake_cifar100, tiny_teacher, tmp_path, capsys):
     finished, stopped, failed = tmp_path / "finished", tmp_path / "stopped", tmp_path / "failed"
     assert train(finished, *kd_overrides(fake_cifar100, tiny_teacher, "schedule.epochs=1")) == 0
@@ -160,6 +167,7 @@ def test_a_seed_out_of_range_is_a_recipe_error(capsys):
     assert "seed: must be an integer from 0 to 2**32 - 1" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_full_disk_inside_torch_save_names_the_disk_not_the_zip_writer(
     fake_cifar100, tiny_teacher, tmp_path, capsys, monkeypatch
 ):
@@ -188,6 +196,7 @@ def test_a_full_disk_inside_torch_save_names_the_disk_not_the_zip_writer(
     assert read_outcome(run_dir).status == "failed"
 
 
+@pytest.mark.slow
 def test_the_last_line_states_its_protocol_without_claiming_a_paper(fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert train(run_dir, *kd_overrides(fake_cifar100, tiny_teacher, "schedule.epochs=1")) == 0
@@ -196,6 +205,7 @@ def test_the_last_line_states_its_protocol_without_claiming_a_paper(fake_cifar10
     assert "[selected on the test set: not a result]" in out
 
 
+@pytest.mark.slow
 def test_the_run_records_absolute_checkpoint_paths(fake_cifar100, tiny_teacher, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tiny_teacher.parent)
     run_dir = tmp_path / "run"

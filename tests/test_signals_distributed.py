@@ -128,6 +128,8 @@ def kd_overrides(data_root: Path, teacher: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_ctrl_c_under_torchrun_prints_once_and_stops_every_process(fake_cifar100, tiny_teacher, tmp_path):
     """Ctrl-C reaches torchrun (its workers run in their own sessions); torchrun forwards SIGINT to each worker."""
     run_dir = tmp_path / "run"
@@ -163,6 +165,7 @@ def test_ctrl_c_under_torchrun_prints_once_and_stops_every_process(fake_cifar100
     assert "SignalException" in stderr
 
 
+@pytest.mark.e2e
 def test_accelerate_launch_cpu_with_two_processes_is_refused_not_run_alone(fake_cifar100, tiny_teacher, tmp_path):
     run_dir = tmp_path / "run"
     command = [

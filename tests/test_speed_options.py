@@ -57,6 +57,7 @@ def baseline(fake_cifar100, tiny_teacher, tmp_path_factory) -> list[dict[str, fl
     return run_steps(build(fake_cifar100, tiny_teacher, tmp_path_factory.mktemp("fp32") / "run", []))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("extra", "tolerance", "steps_compared"),
     [
@@ -77,6 +78,7 @@ def test_setting_matches_the_fp32_steps(extra, tolerance, steps_compared, baseli
     assert all(torch.isfinite(torch.tensor(list(row.values()))).all() for row in rows)
 
 
+@pytest.mark.slow
 def test_bf16_keeps_banks_and_heads_in_float32(fake_cifar100, tiny_teacher, tmp_path):
     trainer = build(fake_cifar100, tiny_teacher, tmp_path / "run", ["precision=bf16"])
     run_steps(trainer)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes/cifar100/kd/resnet32x4-resnet8x4.yaml"
 HEAVY = ("torch", "accelerate", "torchvision", "timm", "tensorboard", "numpy")
@@ -72,6 +74,7 @@ def test_malformed_yaml_fails_without_importing_torch(malformed_recipe):
     assert outcome == {"status": 2, "heavy": []}
 
 
+@pytest.mark.slow
 def test_the_probe_sees_torch_when_a_check_needs_the_registries():
     outcome = probe("train", str(RECIPE), "student.arch=resnet8x5")
     assert outcome["status"] == 2
@@ -111,6 +114,7 @@ def threads_probe(**variables: str) -> dict:
     return json.loads(lines[-1][len("PROBE"):])
 
 
+@pytest.mark.slow
 def test_the_cli_makes_waiting_threads_sleep_before_torch_loads():
     outcome = threads_probe()
     assert outcome["policy"] == "PASSIVE"
@@ -119,6 +123,7 @@ def test_the_cli_makes_waiting_threads_sleep_before_torch_loads():
     assert outcome["line"].startswith(f"CPU threads: {outcome['threads']} (torch's default: one per core)")
 
 
+@pytest.mark.slow
 def test_the_users_variables_win():
     outcome = threads_probe(OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="1")
     assert outcome["policy"] == "ACTIVE" and outcome["threads"] == 1

@@ -89,12 +89,14 @@ def test_task_method_and_seed_arguments():
         parse_seeds("a,b")
 
 
+@pytest.mark.e2e
 def test_bad_method_is_a_clear_error(capsys, tmp_path):
     assert main(["sweep", "--methods", "kd,crdd", "--output", str(tmp_path), "--dry-run"]) == 2
     message = capsys.readouterr().err
     assert "crdd" in message and "Did you mean 'crd'" in message
 
 
+@pytest.mark.e2e
 def test_dry_run_prints_the_grid_and_runs_nothing(tiny_cifar, random_teachers, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(MANIFEST_ENV, str(random_teachers))
     output = tmp_path / "sweep"
@@ -106,6 +108,8 @@ def test_dry_run_prints_the_grid_and_runs_nothing(tiny_cifar, random_teachers, t
     assert not output.exists()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_every_run_of_the_sweep_is_a_finished_run_directory(swept):
     for (method, task, seed), run_dir in run_dirs(swept).items():
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -115,6 +119,8 @@ def test_every_run_of_the_sweep_is_a_finished_run_directory(swept):
         assert (run_dir / "checkpoints" / "last.pt").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_report_cells_are_the_runs_last_epoch_statistics(swept, tmp_path, capsys):
     report_dir = tmp_path / "report"
     assert main(["report", str(swept), "--output", str(report_dir), "--no-figures"]) == 0
@@ -134,6 +140,8 @@ def test_report_cells_are_the_runs_last_epoch_statistics(swept, tmp_path, capsys
     assert "71.16" in markdown  # the published CRD number of resnet56 → resnet20 sits beside ours
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_rerun_skips_finished_runs_and_resumes_unfinished_ones(swept, tiny_cifar, random_teachers, monkeypatch, capsys):
     monkeypatch.setenv(MANIFEST_ENV, str(random_teachers))
     dirs = run_dirs(swept)
@@ -147,6 +155,8 @@ def test_rerun_skips_finished_runs_and_resumes_unfinished_ones(swept, tiny_cifar
     assert stamps == {key: (dirs[key] / "summary.json").stat().st_mtime_ns for key in stamps}
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_sweep_killed_mid_grid_resumes_where_it_stopped(tiny_cifar, random_teachers, tmp_path, monkeypatch):
     output = tmp_path / "sweep"
     arguments = [
@@ -170,6 +180,7 @@ def test_a_sweep_killed_mid_grid_resumes_where_it_stopped(tiny_cifar, random_tea
     assert (first / "summary.json").stat().st_mtime_ns == finished_at
 
 
+@pytest.mark.e2e
 def test_a_failing_run_is_reported_and_the_sweep_goes_on(tiny_cifar, tmp_path, monkeypatch, capsys):
     missing = tmp_path / "no-teachers.yaml"
     monkeypatch.setenv(MANIFEST_ENV, str(missing))
@@ -181,6 +192,7 @@ def test_a_failing_run_is_reported_and_the_sweep_goes_on(tiny_cifar, tmp_path, m
     assert "failed: kd resnet56-resnet20 seed 0" in out and str(missing) in out
 
 
+@pytest.mark.e2e
 def test_a_stop_signal_ends_the_sweep_instead_of_moving_on(tiny_cifar, tmp_path, monkeypatch, capsys):
     """SIGTERM stops the cell being trained (it checkpointed); the sweep must stop too, not start the next cell."""
     from distill.benchmark import sweep as sweep_module

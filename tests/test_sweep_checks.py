@@ -81,6 +81,7 @@ def trained(monkeypatch) -> list[str]:
 # --- a finished cell with other settings -----------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_a_finished_cell_with_other_settings_is_reported_not_counted_as_done(tiny_cifar, teachers, tmp_path, trained, capsys):
     output = tmp_path / "sweep"
     run_dir = write_cell(output, "kd", 0, settings(tiny_cifar, epochs=2))
@@ -92,6 +93,7 @@ def test_a_finished_cell_with_other_settings_is_reported_not_counted_as_done(tin
     assert "another --output" in out and "delete" in out
 
 
+@pytest.mark.e2e
 def test_a_finished_cell_with_the_same_settings_is_skipped(tiny_cifar, teachers, tmp_path, trained, capsys, another_root):
     output = tmp_path / "sweep"
     write_cell(output, "kd", 0, settings(tiny_cifar))
@@ -109,6 +111,7 @@ def another_root(tiny_cifar, tmp_path) -> Path:
     return copy
 
 
+@pytest.mark.e2e
 def test_an_unfinished_cell_with_other_settings_is_not_resumed(tiny_cifar, teachers, tmp_path, trained, capsys):
     output = tmp_path / "sweep"
     run_dir = write_cell(output, "kd", 0, settings(tiny_cifar, epochs=2), finished=False)
@@ -121,6 +124,7 @@ def test_an_unfinished_cell_with_other_settings_is_not_resumed(tiny_cifar, teach
 # --- failed cells in the summary ---------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_the_summary_gives_the_last_line_of_a_failed_cells_error(tiny_cifar, teachers, tmp_path, monkeypatch, capsys):
     def failing(cell, overrides, tensorboard):
         raise RuntimeError("Traceback (most recent call last):\n  File x, line 1\nValueError: loss went wrong")
@@ -160,6 +164,7 @@ def problems_of(out: str, label: str) -> list[str]:
     return found
 
 
+@pytest.mark.e2e
 def test_dry_run_without_problems_exits_0_and_writes_nothing(tiny_cifar, teachers, tmp_path, capsys):
     output = tmp_path / "sweep"
     code, out = dry_run(capsys, output, settings(tiny_cifar), seeds="0,1")
@@ -168,6 +173,7 @@ def test_dry_run_without_problems_exits_0_and_writes_nothing(tiny_cifar, teacher
     assert not output.exists()
 
 
+@pytest.mark.e2e
 def test_dry_run_rejects_a_bad_override(tiny_cifar, teachers, tmp_path, capsys):
     code, out = dry_run(capsys, tmp_path / "sweep", [*settings(tiny_cifar), "schedule.epochs=abc"])
     assert code == 2
@@ -177,6 +183,7 @@ def test_dry_run_rejects_a_bad_override(tiny_cifar, teachers, tmp_path, capsys):
     assert "2 of 2 runs have problems" in out
 
 
+@pytest.mark.e2e
 def test_dry_run_finds_a_missing_teacher_checkpoint(tiny_cifar, tmp_path, capsys, monkeypatch):
     manifest = tmp_path / "teachers" / "cifar100.yaml"  # the real manifest, none of its files present
     manifest.parent.mkdir()
@@ -190,6 +197,7 @@ def test_dry_run_finds_a_missing_teacher_checkpoint(tiny_cifar, tmp_path, capsys
     assert "1 of 2 runs have problems" in out
 
 
+@pytest.mark.e2e
 def test_dry_run_finds_a_teacher_file_that_does_not_exist(tiny_cifar, teachers, tmp_path, capsys):
     missing = tmp_path / "nowhere.pth"
     code, out = dry_run(capsys, tmp_path / "sweep", [*settings(tiny_cifar), f"teacher.checkpoint={missing}"], "kd")
@@ -197,6 +205,7 @@ def test_dry_run_finds_a_teacher_file_that_does_not_exist(tiny_cifar, teachers, 
     assert problems_of(out, f"kd {TASK} seed 0") == [f"teacher.checkpoint: file {missing} does not exist"]
 
 
+@pytest.mark.e2e
 def test_dry_run_finds_missing_data(teachers, tmp_path, capsys):
     empty = tmp_path / "no_data"
     empty.mkdir()
@@ -207,6 +216,7 @@ def test_dry_run_finds_missing_data(teachers, tmp_path, capsys):
         assert problem.startswith("data: CIFAR-100 not found") and str(empty) in problem
 
 
+@pytest.mark.e2e
 def test_dry_run_reports_cells_run_with_other_settings(tiny_cifar, teachers, tmp_path, capsys):
     output = tmp_path / "sweep"
     write_cell(output, "kd", 0, settings(tiny_cifar, epochs=2))
@@ -221,6 +231,7 @@ def test_dry_run_reports_cells_run_with_other_settings(tiny_cifar, teachers, tmp
     assert "another --output" in out
 
 
+@pytest.mark.e2e
 def test_dry_run_shows_failed_cells_and_foreign_files(tiny_cifar, teachers, tmp_path, capsys):
     output = tmp_path / "sweep"
     failed = write_cell(output, "kd", 0, settings(tiny_cifar), finished=False)
@@ -235,6 +246,7 @@ def test_dry_run_shows_failed_cells_and_foreign_files(tiny_cifar, teachers, tmp_
     assert "notes.txt" in problem
 
 
+@pytest.mark.e2e
 def test_a_sweep_whose_recipe_does_not_load_fails_a_finished_cell_instead_of_skipping_it(tiny_cifar, teachers, tmp_path, trained, capsys):
     output = tmp_path / "sweep"
     write_cell(output, "kd", 0, settings(tiny_cifar))

@@ -72,6 +72,7 @@ def test_a_missing_manifest_is_a_clear_error(tmp_path, monkeypatch):
     assert "nowhere.yaml" in str(error.value) and MANIFEST_ENV in str(error.value)
 
 
+@pytest.mark.e2e
 def test_a_missing_teacher_file_names_the_fetch_and_train_commands(empty_manifest, fake_cifar100, tmp_path, capsys):
     code = main(["train", str(KD_RECIPE), *data_overrides(fake_cifar100), f"output_dir={tmp_path / 'runs'}"])
     message = capsys.readouterr().err
@@ -82,6 +83,7 @@ def test_a_missing_teacher_file_names_the_fetch_and_train_commands(empty_manifes
     assert not (tmp_path / "runs").exists()  # nothing written that looks like a run
 
 
+@pytest.mark.slow
 def test_a_run_records_the_teacher_file_it_used(random_teachers, fake_cifar100, tmp_path, monkeypatch):
     monkeypatch.setenv(MANIFEST_ENV, str(random_teachers))
     recipe = load_recipe(KD_RECIPE, [*data_overrides(fake_cifar100), "schedule.epochs=1"])
@@ -107,6 +109,8 @@ def test_teacher_recipes_follow_the_reference_schedule_and_land_where_the_manife
     assert (REPO / entry.recipe).resolve() == (REPO / "recipes" / "cifar100" / "teachers" / f"{arch}.yaml").resolve()
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_trained_teacher_is_found_by_the_next_distillation(empty_manifest, fake_cifar100, monkeypatch, tmp_path):
     """Train the resnet56 teacher recipe (1 epoch), then a KD recipe naming resnet56 uses that run."""
     manifest = load_manifest(empty_manifest)

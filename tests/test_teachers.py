@@ -341,6 +341,7 @@ def test_fetch_all_from_a_tar_source_downloads_the_archive_once(tmp_path):
         assert installed[name].read_bytes() == members[f"cifar_teachers/{FILE.format(name=name)}"].read_bytes()
 
 
+@pytest.mark.e2e
 def test_fetch_all_from_a_local_archive_through_the_cli(tmp_path, capsys):
     names = ("small", "other")
     manifest_path = write_manifest(tmp_path / "teachers2", {n: {} for n in names})
@@ -468,6 +469,7 @@ def test_verify_refuses_a_published_file_whose_sha256_differs(tmp_path, fake_cif
 # --- the CLI ------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_teachers_list_shows_arch_reference_status_and_path(tmp_path, capsys):
     path = write_manifest(tmp_path / "teachers", {"small": {"reference_top1": 61.5}, "other": {}})
     save_teacher(load_manifest(path).published_path("small"))
@@ -480,6 +482,7 @@ def test_teachers_list_shows_arch_reference_status_and_path(tmp_path, capsys):
     assert "2 teacher(s)" in out and "1 missing, 1 present" in out
 
 
+@pytest.mark.e2e
 def test_teachers_cli_user_errors_exit_2(tmp_path, manifest_path, capsys):
     assert main(["teachers", "list", "--manifest", str(tmp_path / "nowhere.yaml")]) == 2
     assert MANIFEST_ENV in capsys.readouterr().err
@@ -491,6 +494,7 @@ def test_teachers_cli_user_errors_exit_2(tmp_path, manifest_path, capsys):
     assert "distill teachers fetch small" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_teachers_verify_cli_exit_codes_and_json(tmp_path, fake_cifar100, random_top1, capsys):
     passing = round(random_top1 + 0.5, 2)
     path = write_manifest(tmp_path / "teachers", {"good": {"reference_top1": passing}, "bad": {"reference_top1": round(random_top1 + 5, 2)}, "absent": {}})
@@ -512,6 +516,7 @@ def test_teachers_verify_cli_exit_codes_and_json(tmp_path, fake_cifar100, random
     assert set(json.loads((tmp_path / "all.json").read_text())) == {"good", "bad"}
 
 
+@pytest.mark.e2e
 def test_eval_takes_a_teacher_name_and_writes_json(tmp_path, fake_cifar100, random_top1, monkeypatch, capsys):
     path = write_manifest(tmp_path / "teachers", {"small": {"reference_top1": 12.5}})
     published = save_teacher(load_manifest(path).published_path("small"))
@@ -527,6 +532,7 @@ def test_eval_takes_a_teacher_name_and_writes_json(tmp_path, fake_cifar100, rand
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["top1"] == pytest.approx(random_top1)
 
 
+@pytest.mark.e2e
 def test_eval_of_an_unknown_name_lists_both_possibilities(tmp_path, manifest_path, capsys):
     assert main(["eval", "smal", "--manifest", str(manifest_path)]) == 2
     err = capsys.readouterr().err
@@ -536,6 +542,7 @@ def test_eval_of_an_unknown_name_lists_both_possibilities(tmp_path, manifest_pat
     assert "distill teachers fetch small" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_eval_still_takes_a_reference_checkpoint_with_arch(tmp_path, fake_cifar100, random_top1, capsys):
     checkpoint = save_teacher(tmp_path / "ckpt_epoch_240.pth")
     assert main(["eval", str(checkpoint), "--arch", "resnet8", "--data-root", str(fake_cifar100), "--no-verify", "--json"]) == 0

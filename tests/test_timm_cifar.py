@@ -113,6 +113,8 @@ def test_a_vit_at_32px_names_img_size_and_one_that_fits_runs():
     assert probe_without_warnings(small, "timm/vit_tiny_patch16_224")[-1] == (192, 4, 4)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_vit_without_img_size_ends_in_one_line_and_exit_2(fake_cifar100):
     """Through a real process: no traceback, one line that says what to set."""
     command = [
@@ -128,6 +130,7 @@ def test_a_vit_without_img_size_ends_in_one_line_and_exit_2(fake_cifar100):
     assert "student.options.img_size: 32" in lines[0] and "student.options.patch_size" in lines[0]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -147,6 +150,7 @@ def test_option_errors_through_the_cli(fake_cifar100, tmp_path, capsys, override
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
 
 
+@pytest.mark.e2e
 def test_a_teacher_option_error_names_the_teacher_key(fake_cifar100, tiny_teacher, tmp_path, capsys):
     recipe = REPO / "recipes/cifar100/kd/resnet32x4-resnet8x4.yaml"
     overrides = [

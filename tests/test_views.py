@@ -47,6 +47,7 @@ def expected_view(dataset, views, role: str, epoch: int, indices: torch.Tensor) 
     return normalize_batch(drawn, dataset.mean, dataset.std)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loader", ["device", "workers"])
 def test_a_student_view_differs_and_the_standard_teacher_view_is_the_plain_batch(fake_cifar100, loader):
     (plain, plain_labels, plain_indices), _, _ = first_batch(cifar_spec(fake_cifar100, loader))
@@ -125,6 +126,8 @@ def test_view_names_and_options_are_checked_with_the_key_named(fake_cifar100, ti
     assert STANDARD == "standard"
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_run_with_views_end_to_end(fake_cifar100, tiny_teacher, tmp_path):
     run_dir = tmp_path / "run"
     code = main([
@@ -152,6 +155,7 @@ def test_the_infomin_view_recipes_cover_the_13_tasks(method, base):
     assert len(list((REPO / "recipes" / "cifar100" / method).glob("*.yaml"))) == len(TASKS) == 13
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loader", ["device", "workers"])
 def test_a_resumed_epoch_with_views_continues_with_the_same_views(fake_cifar100, loader):
     """skip(k) (how a resumed run re-enters its epoch) yields exactly the remaining batches, both views included."""

@@ -16,9 +16,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
+from distill.distributed import all_reduce_
 from distill.errors import DistillError
 
 LOSS_BAD, GRADIENT_BAD, STOP = 0, 1, 2
@@ -89,7 +89,7 @@ class StepGuard:
             gradient_bad = torch.zeros_like(loss_bad)
         flags = torch.stack([loss_bad, gradient_bad, self._stop_flag.to(loss_bad.dtype)])
         if self.num_processes > 1:
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            all_reduce_(flags, op="max")
         return flags
 
     def read(self, step: int, flags: Tensor, terms: dict[str, Tensor], where: str = "") -> StepVerdict:

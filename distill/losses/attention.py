@@ -65,8 +65,6 @@ class AttentionTransferLoss(DistillLoss):
 
     def __init__(self, context: LossContext, *, p: float = 2.0) -> None:
         super().__init__(context)
-        if context.teacher is None:
-            raise ValueError("the at loss needs a teacher")
         if p <= 0:
             raise ValueError(f"at: p must be positive, got {p}")
         student_maps, teacher_maps = context.student.maps[1:], context.teacher.maps[1:]

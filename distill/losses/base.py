@@ -81,17 +81,33 @@ class InitStage:
     freeze_after: bool = False
 
 
+def missing_teacher_message(cls: type) -> str:
+    """Why a loss that declares ``requires_teacher`` cannot be built without a teacher, and what to do."""
+    return (
+        f"{cls.__name__} needs a teacher (requires_teacher = True), but none was given: add a teacher "
+        f"to the recipe (teacher.name, or teacher.arch and teacher.checkpoint) or remove this term; "
+        f"a loss that works without one sets requires_teacher = False"
+    )
+
+
 class DistillLoss(nn.Module):
     """Base class of registered losses.
 
     Subclasses take ``context`` first and then their parameters as keyword-only
     arguments with type annotations and defaults: the recipe's keys are checked
     against that signature before training starts.
+
+    ``requires_teacher`` (default True) is enforced here, once for every loss,
+    plugins included: a loss that needs a teacher is refused when its context has
+    none, so a subclass may read ``context.teacher`` after ``super().__init__``.
+    A loss that works on the student alone (``ce``) sets it to False.
     """
 
     requires_teacher: ClassVar[bool] = True
 
     def __init__(self, context: LossContext) -> None:
+        if self.requires_teacher and context.teacher is None:
+            raise ValueError(missing_teacher_message(type(self)))
         super().__init__()
         self.context = context
 

@@ -20,9 +20,11 @@ def match_spatial_sizes(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tenso
 
 
 def paired_map_shapes(context: LossContext, method: str) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """(student, teacher) per-sample shapes of ``maps[1:]``; ValueError when the counts differ or are zero."""
-    if context.teacher is None:
-        raise ValueError(f"{method} needs a teacher")
+    """(student, teacher) per-sample shapes of ``maps[1:]``; ValueError when the counts differ or are zero.
+
+    ``context.teacher`` is set: :class:`~distill.losses.base.DistillLoss` refuses a
+    loss that requires a teacher before its own ``__init__`` calls this.
+    """
     student, teacher = context.student.maps[1:], context.teacher.maps[1:]
     if len(student) != len(teacher):
         raise ValueError(

@@ -71,8 +71,6 @@ class FSPLoss(DistillLoss):
 
     def __init__(self, context: LossContext) -> None:
         super().__init__(context)
-        if context.teacher is None:
-            raise ValueError("the fsp loss needs a teacher")
         student_channels = [shape[0] for shape in context.student.maps]
         teacher_channels = [shape[0] for shape in context.teacher.maps]
         pair = f"{context.student_arch or 'student'} ← {context.teacher_arch or 'teacher'}"

@@ -128,8 +128,6 @@ class FTLoss(DistillLoss):
 
     def __init__(self, context: LossContext, *, rate: float = 0.5) -> None:
         super().__init__(context)
-        if context.teacher is None:
-            raise ValueError("the ft loss needs a teacher")
         if not context.student.maps or not context.teacher.maps:
             raise ValueError("ft needs convolutional feature maps on both networks")
         student_shape, teacher_shape = context.student.maps[-1], context.teacher.maps[-1]

@@ -55,8 +55,6 @@ class SimilarityPreservingLoss(DistillLoss):
 
     def __init__(self, context: LossContext) -> None:
         super().__init__(context)
-        if context.teacher is None:
-            raise ValueError("the sp loss needs a teacher")
         for role, shapes in (("student", context.student), ("teacher", context.teacher)):
             if not shapes.maps:
                 raise ValueError(f"sp needs a feature map, and the {role} reports none")

@@ -10,12 +10,18 @@ from distill.models.features import FeatureRecord
 class ZooModel(nn.Module):
     """A classifier that can also report its intermediate features.
 
-    Subclasses implement :meth:`forward_features`; ``forward`` returns logits, or
+    Subclasses implement :meth:`feature_record`; ``forward`` returns logits, or
     the whole :class:`FeatureRecord` with ``features=True``. Keeping references
     to intermediate tensors costs nothing extra, so both paths run the same code.
     """
 
-    def forward_features(self, x: Tensor) -> FeatureRecord:
+    def feature_record(self, x: Tensor) -> FeatureRecord:
+        """Run the network on ``x`` and return every tap: maps, pre-activation maps, pooled vector, logits.
+
+        Named apart from timm's ``forward_features`` (which returns the unpooled
+        final map) so that a wrapped timm model (:class:`~distill.models.timm_adapter.TimmModel`) has one
+        meaning per name.
+        """
         raise NotImplementedError
 
     def feature_modules(self) -> list[nn.Module]:
@@ -27,5 +33,5 @@ class ZooModel(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor, features: bool = False) -> Tensor | FeatureRecord:
-        record = self.forward_features(x)
+        record = self.feature_record(x)
         return record if features else record.logits

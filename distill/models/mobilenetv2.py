@@ -135,7 +135,7 @@ class MobileNetV2(ZooModel):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: Tensor) -> FeatureRecord:
+    def feature_record(self, x: Tensor) -> FeatureRecord:
         out = self.conv1(x)
         maps = [out]
         for i, group in enumerate(self.blocks):

@@ -150,7 +150,7 @@ class ResNet(ZooModel):
     def feature_modules(self) -> list[nn.Module]:
         return [self.conv1, self.bn1, self.relu, self.layer1, self.layer2, self.layer3]
 
-    def forward_features(self, x: Tensor) -> FeatureRecord:
+    def feature_record(self, x: Tensor) -> FeatureRecord:
         f0 = self.relu(self.bn1(self.conv1(x)))
         f1, f1_pre = _run_stage(self.layer1, f0)
         f2, f2_pre = _run_stage(self.layer2, f1)

@@ -149,7 +149,7 @@ class ResNetV2(ZooModel):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: Tensor) -> FeatureRecord:
+    def feature_record(self, x: Tensor) -> FeatureRecord:
         stem = F.relu(self.bn1(self.conv1(x)))
         maps, preact_maps = [stem], [stem]
         out = stem

@@ -22,14 +22,9 @@ from torch.nn import functional as F
 from distill.models.base import ZooModel
 from distill.models.features import FeatureRecord
 from distill.models.registry import register_model
+from distill.models.shufflenet_stage import ShuffleStage, channel_shuffle, run_stages
 
-__all__ = ["channel_shuffle", "ShuffleUnit", "ShuffleNetV1", "ShuffleV1"]
-
-
-def channel_shuffle(x: Tensor, groups: int) -> Tensor:
-    """Interleave the channels of ``groups`` equal groups: (g, C/g) → (C/g, g)."""
-    n, c, h, w = x.shape
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+__all__ = ["ShuffleNetV1", "ShuffleUnit", "ShuffleV1"]
 
 
 class ShuffleUnit(nn.Module):
@@ -82,16 +77,6 @@ class ShuffleUnit(nn.Module):
         return F.relu(preact), preact
 
 
-class ShuffleStage(nn.Sequential):
-    """A run of units that returns ``(out, preact)`` of its last unit (keys stay ``layerL.N.*``)."""
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        preact = x
-        for unit in self:
-            x, preact = unit(x)
-        return x, preact
-
-
 class ShuffleNetV1(ZooModel):
     """ShuffleNet v1 for small images, with the reference's feature taps.
 
@@ -133,14 +118,9 @@ class ShuffleNetV1(ZooModel):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.linear = nn.Linear(out_channels[2], num_classes)
 
-    def forward_features(self, x: Tensor) -> FeatureRecord:
+    def feature_record(self, x: Tensor) -> FeatureRecord:
         stem = F.relu(self.bn1(self.conv1(x)))
-        maps, preact_maps = [stem], [stem]
-        out = stem
-        for stage in (self.layer1, self.layer2, self.layer3):
-            out, preact = stage(out)
-            maps.append(out)
-            preact_maps.append(preact)
+        out, maps, preact_maps = run_stages(stem, (self.layer1, self.layer2, self.layer3))
         pooled = self.avgpool(out).flatten(1)
         return FeatureRecord(maps=maps, preact_maps=preact_maps, pooled=pooled, logits=self.linear(pooled))
 

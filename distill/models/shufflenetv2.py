@@ -22,14 +22,11 @@ from torch.nn import functional as F
 from distill.models.base import ZooModel
 from distill.models.features import FeatureRecord
 from distill.models.registry import register_model
+from distill.models.shufflenet_stage import ShuffleStage, channel_shuffle, run_stages
 
-__all__ = ["channel_shuffle", "ShuffleV2Unit", "ShuffleV2DownUnit", "ShuffleNetV2", "ShuffleV2"]
+__all__ = ["ShuffleNetV2", "ShuffleV2", "ShuffleV2DownUnit", "ShuffleV2Unit"]
 
-
-def channel_shuffle(x: Tensor, groups: int = 2) -> Tensor:
-    """Interleave the channels of ``groups`` equal groups: (g, C/g) → (C/g, g)."""
-    n, c, h, w = x.shape
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+GROUPS = 2  # every unit ends with a two-group channel shuffle
 
 
 class ShuffleV2Unit(nn.Module):
@@ -61,7 +58,7 @@ class ShuffleV2Unit(nn.Module):
         out = F.relu(self.bn1(self.conv1(branch)))
         out = self.bn2(self.conv2(out))
         branch_preact = self.bn3(self.conv3(out))
-        out = channel_shuffle(torch.cat([identity, F.relu(branch_preact)], 1))
+        out = channel_shuffle(torch.cat([identity, F.relu(branch_preact)], 1), GROUPS)
         return out, torch.cat([identity, branch_preact], 1)
 
 
@@ -92,18 +89,8 @@ class ShuffleV2DownUnit(nn.Module):
         left = F.relu(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
         right = F.relu(self.bn3(self.conv3(x)))
         right = F.relu(self.bn5(self.conv5(self.bn4(self.conv4(right)))))
-        out = channel_shuffle(torch.cat([left, right], 1))
+        out = channel_shuffle(torch.cat([left, right], 1), GROUPS)
         return out, out
-
-
-class ShuffleV2Stage(nn.Sequential):
-    """A downsampling unit and basic units; returns ``(out, preact)`` of the last (keys ``layerL.N.*``)."""
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        preact = x
-        for unit in self:
-            x, preact = unit(x)
-        return x, preact
 
 
 class ShuffleNetV2(ZooModel):
@@ -137,7 +124,7 @@ class ShuffleNetV2(ZooModel):
         for width, units in zip(out_channels[:3], num_units):
             units_of_stage: list[nn.Module] = [ShuffleV2DownUnit(in_channels, width)]
             units_of_stage += [ShuffleV2Unit(width) for _ in range(units)]
-            stages.append(ShuffleV2Stage(*units_of_stage))
+            stages.append(ShuffleStage(*units_of_stage))  # a downsampling unit, then basic units
             in_channels = width
         self.layer1, self.layer2, self.layer3 = stages
         self.conv2 = nn.Conv2d(in_channels, out_channels[3], kernel_size=1, bias=False)
@@ -145,14 +132,9 @@ class ShuffleNetV2(ZooModel):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.linear = nn.Linear(out_channels[3], num_classes)
 
-    def forward_features(self, x: Tensor) -> FeatureRecord:
+    def feature_record(self, x: Tensor) -> FeatureRecord:
         stem = F.relu(self.bn1(self.conv1(x)))
-        maps, preact_maps = [stem], [stem]
-        out = stem
-        for stage in (self.layer1, self.layer2, self.layer3):
-            out, preact = stage(out)
-            maps.append(out)
-            preact_maps.append(preact)
+        out, maps, preact_maps = run_stages(stem, (self.layer1, self.layer2, self.layer3))
         pooled = self.avgpool(F.relu(self.bn2(self.conv2(out)))).flatten(1)
         return FeatureRecord(maps=maps, preact_maps=preact_maps, pooled=pooled, logits=self.linear(pooled))
 

@@ -51,7 +51,7 @@ class TimmModel(ZooModel):
         self.name = name or type(model).__name__
         self.options = dict(options or {})  # as given (cifar_stem included): named in error messages
 
-    def forward_features(self, x: Tensor) -> FeatureRecord:
+    def feature_record(self, x: Tensor) -> FeatureRecord:
         final, maps = self.model.forward_intermediates(x)
         pooled = self.model.forward_head(final, pre_logits=True)
         logits = self.model.forward_head(final)
@@ -63,7 +63,7 @@ class TimmModel(ZooModel):
 
     def forward(self, x: Tensor, features: bool = False) -> Tensor | FeatureRecord:
         if features:
-            return self.forward_features(x)
+            return self.feature_record(x)
         return self.model(x)
 
     def state_dict(self, *args, **kwargs):

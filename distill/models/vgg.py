@@ -109,7 +109,7 @@ class VGG(ZooModel):
             self.block4, self.pool4,
         ]  # fmt: skip
 
-    def forward_features(self, x: Tensor) -> FeatureRecord:
+    def feature_record(self, x: Tensor) -> FeatureRecord:
         height = x.shape[2]
         f0 = F.relu(self.block0(x))
         f1_pre = self.block1(self.pool0(f0))

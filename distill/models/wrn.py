@@ -158,7 +158,7 @@ class WideResNet(ZooModel):
     def feature_modules(self) -> list[nn.Module]:
         return [self.conv1, self.block1, self.block2, self.block3]
 
-    def forward_features(self, x: Tensor) -> FeatureRecord:
+    def feature_record(self, x: Tensor) -> FeatureRecord:
         f0 = self.conv1(x)
         f1 = self.block1(f0)
         f2, f1_pre = self.block2.forward_with_entry_bn(f1)

@@ -27,8 +27,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
+from distill import distributed
 from distill.losses.base import Batch, DistillLoss, LossContext
-from distill.losses.contrastive import distributed
 from distill.losses.contrastive.estimators import (
     cpc_bound,
     cpc_ceiling,
@@ -108,8 +108,6 @@ class ContrastiveDistillLoss(DistillLoss):
         scoring: Scoring = "auto",
     ) -> None:
         super().__init__(context)
-        if context.teacher is None:
-            raise ValueError("contrastive distillation needs a teacher")
         if num_negatives < 1 or feat_dim < 1 or temperature <= 0:
             raise ValueError("num_negatives and feat_dim must be ≥ 1 and temperature > 0")
         if self.estimator == "nce" and alpha != 1.0:

@@ -14,10 +14,9 @@ says why).
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
-from distill.losses.contrastive.distributed import world_size
+from distill.distributed import all_reduce_, world_size
 
 
 def global_means(local_means: list[Tensor], count: int) -> list[Tensor]:
@@ -34,7 +33,7 @@ def global_means(local_means: list[Tensor], count: int) -> list[Tensor]:
         return local_means
     local_sums = [mean * count for mean in local_means]
     packed = torch.cat([s.detach().flatten() for s in local_sums] + [local_sums[0].new_tensor([float(count)])])
-    dist.all_reduce(packed)
+    all_reduce_(packed)
     total_count = packed[-1]
     results, offset = [], 0
     for local in local_sums:

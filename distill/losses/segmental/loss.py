@@ -92,8 +92,6 @@ class SegmentalInformationLoss(DistillLoss):
         diversity_momentum: float = 0.99,
     ) -> None:
         super().__init__(context)
-        if context.teacher is None:
-            raise ValueError("segmental distillation needs a teacher: the information is between teacher and student codes")
         if segments < 1:
             raise ValueError(f"segments must be at least 1, got {segments}")
         if attributes < 2:
