@@ -7,7 +7,8 @@ looked up by name, and an unknown name fails with the closest valid names.
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from distill.errors import DistillError, UnknownNameError
 
@@ -42,7 +43,7 @@ class Registry(Generic[T]):
         """Decorator: ``@registry.register("name")`` (defaults to the object's ``__name__``)."""
 
         def decorator(obj: T) -> T:
-            key = name or getattr(obj, "__name__")
+            key = name or obj.__name__
             if key in self._entries and self._entries[key] is not obj:
                 existing = self._entries[key]
                 where = getattr(existing, "__module__", "?")

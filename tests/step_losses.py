@@ -4,6 +4,7 @@ import os
 import signal
 
 import torch
+
 from distill.losses import DistillLoss, LossContext, register_loss
 
 

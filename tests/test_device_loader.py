@@ -26,8 +26,8 @@ from distill.data.device_loader import (
     draw_augmentation,
 )
 from distill.data.placement import Placement
-from distill.data.worker_loader import WorkerLoader
 from distill.data.transforms import CIFAR100_MEAN, CIFAR100_STD, CROP_PADDING, cifar_transform
+from distill.data.worker_loader import WorkerLoader
 from distill.engine.loaders import build_datasets, build_loaders
 from distill.engine.metrics import read_metrics
 from distill.errors import DataError

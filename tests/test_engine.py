@@ -16,9 +16,9 @@ from distill.engine.checkpoint import atomic_save
 from distill.engine.distiller import Distiller
 from distill.engine.metrics import topk_correct
 from distill.engine.optim import build_optimizer, build_scheduler
-from distill.files.rundir import RunDirLock, claim_new_run_dir, claim_run_dir, new_run_dir
 from distill.engine.teacher import FrozenTeacher
 from distill.errors import CheckpointError, DistillError
+from distill.files.rundir import RunDirLock, claim_new_run_dir, claim_run_dir, new_run_dir
 from distill.losses import Batch, DistillLoss, LossContext, build_loss, register_loss
 from distill.models import create_model, probe_feature_shapes
 from distill.recipe.schema import OptimizerSpec, ScheduleSpec

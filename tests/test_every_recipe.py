@@ -15,9 +15,9 @@ import torch
 from distill.benchmark.tasks import TASKS, TEACHERS
 from distill.cli.recipes import list_recipes
 from distill.engine.trainer import Trainer
-from distill.recipe.resolve import resolve_recipe
 from distill.recipe.load import load_recipe
 from distill.recipe.manifest import MANIFEST_ENV, load_manifest
+from distill.recipe.resolve import resolve_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"

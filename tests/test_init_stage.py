@@ -6,12 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from distill.engine.trainer import Trainer
-
-from distill.recipe.resolve import resolve_recipe
 from distill.engine.metrics import read_metrics
+from distill.engine.trainer import Trainer
 from distill.losses import DistillLoss, InitStage, LossContext, register_loss
 from distill.recipe.load import recipe_from_dict
+from distill.recipe.resolve import resolve_recipe
 
 pytestmark = pytest.mark.slow
 

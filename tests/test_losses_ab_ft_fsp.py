@@ -18,7 +18,6 @@ from distill.losses.ft import FT_INIT_LR, factor_transfer_loss, ft_init_lr
 from distill.models import create_model, probe_feature_shapes
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Batches of two images gain nothing from intra-op threads, and lose a lot to them on a busy CPU."""

@@ -11,10 +11,10 @@ from distill.data.registry import register_dataset
 from distill.data.views import register_view
 from distill.errors import DistillError, RecipeError
 from distill.models import register_model
-from distill.recipe.load import load_recipe, recipe_from_dict
-from distill.recipe.serialize import recipe_to_yaml
 from distill.recipe.compose import compose_file
+from distill.recipe.load import load_recipe, recipe_from_dict
 from distill.recipe.schema import DataSpec, OptimizerSpec, ScheduleSpec
+from distill.recipe.serialize import recipe_to_yaml
 from distill.schema import ValidationIssue, build_dataclass
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from kd_runs import KD_RECIPE, STEP_LOSSES, kd_overrides, train
 
 from distill.cli.main import main
 from distill.engine import checkpoint as checkpoint_module
 from distill.engine.metrics import read_metrics
 from distill.engine.signals import EXIT_STOPPED
-from kd_runs import KD_RECIPE, STEP_LOSSES, kd_overrides, train
 
 REPO = Path(__file__).resolve().parent.parent
 FAULT_PLUGIN = Path(__file__).resolve().parent / "fault_plugin.py"
@@ -91,8 +91,8 @@ def test_skip_nonfinite_drops_bad_steps_up_to_its_budget(plugin, fake_cifar100, 
 @pytest.mark.slow
 def test_a_skipped_step_changes_no_parameter_and_no_optimiser_state(plugin, fake_cifar100, tiny_teacher, tmp_path):
     from distill.engine.trainer import Trainer
-    from distill.recipe.resolve import resolve_recipe
     from distill.recipe.load import load_recipe
+    from distill.recipe.resolve import resolve_recipe
 
     bad = "{type: bad_at_steps, weight: 1.0, steps: [2]}"
     recipe = load_recipe(KD_RECIPE, [*kd_overrides(fake_cifar100, tiny_teacher, "skip_nonfinite=1"), *with_loss(plugin, bad)])

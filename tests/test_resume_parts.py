@@ -48,7 +48,6 @@ from distill.engine.rng import capture_rng_state, restore_rng_state
 from distill.files.rundir import METRICS_FILE, RUN_ENTRIES
 from distill.losses.contrastive.memory_bank import EmbeddingQueue, MomentumMemoryBank
 
-
 # --------------------------------------------------------------------------------------------
 # helpers
 

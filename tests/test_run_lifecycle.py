@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from kd_runs import KD_RECIPE, STEP_LOSSES, TESTS, kd_overrides, train
 
 from distill.cli.main import main
 from distill.engine import checkpoint as checkpoint_module
 from distill.engine.metrics import read_metrics
-from distill.files.rundir import RunDirLock, read_outcome
 from distill.engine.signals import EXIT_STOPPED
-from kd_runs import KD_RECIPE, STEP_LOSSES, TESTS, kd_overrides, train
+from distill.files.rundir import RunDirLock, read_outcome
 
 pytestmark = pytest.mark.e2e
 

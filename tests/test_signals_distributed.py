@@ -26,8 +26,8 @@ from distill.engine.launch import (
     resume_command,
     stopped_exit_note,
 )
-from distill.files.rundir import read_outcome
 from distill.engine.signals import EXIT_STOPPED, stopped_message
+from distill.files.rundir import read_outcome
 
 REPO = Path(__file__).resolve().parent.parent
 KD_RECIPE = REPO / "recipes/cifar100/kd/resnet32x4-resnet8x4.yaml"

@@ -16,9 +16,9 @@ import torch
 from distill.engine.distiller import as_float32
 from distill.engine.teacher import FrozenTeacher
 from distill.engine.trainer import Trainer
-from distill.recipe.resolve import resolve_recipe
 from distill.models import create_model
 from distill.recipe.load import load_recipe
+from distill.recipe.resolve import resolve_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 KD_RECIPE = REPO / "recipes/cifar100/kd/resnet32x4-resnet8x4.yaml"

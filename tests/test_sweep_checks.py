@@ -18,8 +18,8 @@ from distill.benchmark import sweep as sweep_module
 from distill.cli.main import main
 from distill.files.rundir import write_outcome
 from distill.recipe.load import load_recipe
-from distill.recipe.serialize import recipe_to_yaml
 from distill.recipe.manifest import MANIFEST_ENV
+from distill.recipe.serialize import recipe_to_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes" / "cifar100"

@@ -16,12 +16,12 @@ import torch
 from distill.benchmark.tasks import TEACHERS
 from distill.cli.main import main
 from distill.engine.trainer import Trainer
-from distill.recipe.resolve import resolve_recipe
 from distill.errors import DistillError, RecipeError
 from distill.models import create_model
 from distill.recipe.load import load_recipe
-from distill.recipe.yaml_io import read_yaml_file
 from distill.recipe.manifest import MANIFEST_ENV, load_manifest
+from distill.recipe.resolve import resolve_recipe
+from distill.recipe.yaml_io import read_yaml_file
 
 REPO = Path(__file__).resolve().parent.parent
 KD_RECIPE = REPO / "recipes/cifar100/kd/resnet56-resnet20.yaml"

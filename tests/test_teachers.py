@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from distill.benchmark.tasks import TEACHERS
-from distill.engine.eval_checkpoint import evaluate_checkpoint
 from distill.cli.main import main
+from distill.engine.eval_checkpoint import evaluate_checkpoint
 from distill.errors import DistillError, UnknownNameError
-from distill.models import create_model
 from distill.files.hashing import sha256_file
+from distill.models import create_model
 from distill.recipe.manifest import MANIFEST_ENV, ManifestError, Source, default_manifest_path, load_manifest
 from distill.teachers.fetch import FetchError, fetch, fetch_all
 from distill.teachers.records import read_verified, record_sha256, status

@@ -61,7 +61,9 @@ def synchronize(device: torch.device) -> None:
 def make_loss(args: argparse.Namespace, scoring: str, device: torch.device):
     shapes = FeatureShapes(maps=[], preact_maps=[], pooled=(args.embed_dim,), logits=(100,))
     labels = torch.arange(args.dataset_size) % 100
-    context = LossContext(student=shapes, teacher=shapes, num_classes=100, dataset_size=args.dataset_size, labels=labels, batch_size=args.batch_size)
+    context = LossContext(
+        student=shapes, teacher=shapes, num_classes=100, dataset_size=args.dataset_size, labels=labels, batch_size=args.batch_size
+    )
     torch.manual_seed(0)
     params = {"num_negatives": args.negatives, "feat_dim": args.feat_dim, "scoring": scoring}
     return build_loss(args.loss, context, params).to(device)
@@ -125,7 +127,10 @@ def main() -> None:
     fast, slow = results["bank_product"], results["gather"]
     print(f"  speed-up {slow[0] / fast[0]:.1f}x, memory {slow[1] / max(fast[1], 1):.1f}x less")
     draw = negatives_time(args, device)
-    print(f"  drawing the B×K negatives (shared by both directions) on the device: {1000 * draw:.1f} ms ({100 * draw / fast[0]:.0f}% of the fast step)")
+    print(
+        f"  drawing the B×K negatives (shared by both directions) on the device: {1000 * draw:.1f} ms "
+        f"({100 * draw / fast[0]:.0f}% of the fast step)"
+    )
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distill.data import write_fake_cifar  # noqa: E402
 from distill.engine.trainer import Trainer  # noqa: E402
-from distill.recipe.resolve import resolve_recipe  # noqa: E402
 from distill.models import create_model  # noqa: E402
 from distill.recipe.load import load_recipe  # noqa: E402
+from distill.recipe.resolve import resolve_recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes/cifar100/crd/resnet32x4-resnet8x4.yaml"

@@ -42,9 +42,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,16 +61,17 @@ REPO = TOOLS.parent
 sys.path[:0] = [str(REPO), str(TOOLS)]
 
 from bench_contrastive import peak, reset_peak, synchronize  # noqa: E402
+
 from distill.benchmark.tasks import SMALL_LR_STUDENTS  # noqa: E402
 from distill.data import write_fake_cifar  # noqa: E402
 from distill.data.cifar import CIFAR100Dataset  # noqa: E402
 from distill.data.transforms import CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
 from distill.engine.trainer import Trainer  # noqa: E402
-from distill.recipe.resolve import resolve_recipe  # noqa: E402
 from distill.losses import Batch, LossContext  # noqa: E402
 from distill.losses.contrastive.loss import CRDLoss  # noqa: E402
 from distill.models import FeatureRecord, create_model, probe_feature_shapes  # noqa: E402
 from distill.recipe.load import load_recipe  # noqa: E402
+from distill.recipe.resolve import resolve_recipe  # noqa: E402
 
 METHODS = ("kd", "crd", "crd_kd")
 DEFAULT_PAIR = "resnet32x4-resnet8x4"

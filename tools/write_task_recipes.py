@@ -118,7 +118,9 @@ def teacher_recipe(arch: str) -> str:
     return (
         "_base_: [../_base_/cifar100.yaml, ../_base_/ce.yaml]\n"
         f'description: "teacher: train {arch} on CIFAR-100 from scratch with CE (reference schedule)"\n'
-        f"student:\n  arch: {arch}\n" + lr_lines(arch) + "# where the teacher manifest (teachers/cifar100.yaml, trained_runs) looks for it\n"
+        f"student:\n  arch: {arch}\n"
+        + lr_lines(arch)
+        + "# where the teacher manifest (teachers/cifar100.yaml, trained_runs) looks for it\n"
         f"output_dir: teachers/trained/{arch}\n"
     )
 

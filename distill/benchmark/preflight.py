@@ -17,13 +17,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-
 from distill.engine.loaders import build_datasets
 from distill.engine.resume import plan_run_dir, recipe_differences, recorded_form, recorded_recipe
 from distill.errors import DistillError
 from distill.recipe.load import load_recipe
-from distill.recipe.schema import DataSpec, Recipe
 from distill.recipe.resolve import missing_checkpoints, resolve_teacher_checkpoint
+from distill.recipe.schema import DataSpec, Recipe
 
 
 def load_cell_recipe(recipe_path: Path, overrides: Sequence[str], seed: int) -> Recipe:

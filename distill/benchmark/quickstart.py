@@ -161,7 +161,14 @@ def _recipe(
     options = {"train_size": train_size, "test_size": size.test_size, "seed": seed, "image_size": size.image_size}
     return {
         "name": name,
-        "data": {"dataset": "synthetic", "root": ".", "batch_size": batch_size, "test_batch_size": 250, "num_workers": 0, "options": options},
+        "data": {
+            "dataset": "synthetic",
+            "root": ".",
+            "batch_size": batch_size,
+            "test_batch_size": 250,
+            "num_workers": 0,
+            "options": options,
+        },
         "student": {"arch": arch},
         "losses": losses,
         "optimizer": {"lr": 0.05},

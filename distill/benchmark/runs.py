@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.benchmark.tasks import TASKS
+from distill.errors import DistillError
 from distill.files.rundir import (
     OUTCOME_FILE,
     RECIPE_FILE,
@@ -31,7 +32,6 @@ from distill.files.rundir import (
     read_metrics,
     read_outcome,
 )
-from distill.errors import DistillError
 from distill.recipe.yaml_io import read_yaml_file
 
 TEACHER_METHOD = "teacher"

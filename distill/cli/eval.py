@@ -18,7 +18,6 @@ from typing import Any
 from distill.errors import CheckpointError
 from distill.registry import did_you_mean
 
-
 JSON_TO_STDOUT = "-"
 
 

@@ -47,18 +47,31 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--paper",
         action="store_true",
-        help=f"the paper's settings: {PAPER.steps} steps, batch {PAPER.batch_size}, critics {','.join(PAPER.critics)}, EMA span {PAPER.smoothing}",
+        help=f"the paper's settings: {PAPER.steps} steps, batch {PAPER.batch_size}, "
+        f"critics {','.join(PAPER.critics)}, EMA span {PAPER.smoothing}",
     )
-    parser.add_argument("--steps", type=int, metavar="N", help=f"training steps in all, split evenly over the levels (quick: {QUICK.steps})")
-    parser.add_argument("--batch-size", type=int, metavar="N", help=f"n, pairs per batch; the CPC ceiling is log n (default {QUICK.batch_size})")
+    parser.add_argument(
+        "--steps", type=int, metavar="N", help=f"training steps in all, split evenly over the levels (quick: {QUICK.steps})"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, metavar="N", help=f"n, pairs per batch; the CPC ceiling is log n (default {QUICK.batch_size})"
+    )
     parser.add_argument("--levels", metavar="LIST", help="the true MI of each stair, in nats (default 2,4,6,8,10)")
-    parser.add_argument("--critics", metavar="LIST", help=f"critic types among {', '.join(CRITICS)} (quick: {','.join(QUICK.critics)}; the joint critic costs ~30x more per step)")
+    parser.add_argument(
+        "--critics",
+        metavar="LIST",
+        help=f"critic types among {', '.join(CRITICS)} (quick: {','.join(QUICK.critics)}; the joint critic costs ~30x more per step)",
+    )
     parser.add_argument("--estimators", metavar="LIST", help="estimators to compare, e.g. cpc,ml-cpc:0.01,nwj (see below)")
     parser.add_argument("--cubic", action="store_true", help="the cubic variant: y is replaced by y³ (same MI)")
     parser.add_argument("--lr", type=float, help=f"Adam learning rate (default {QUICK.lr:g})")
-    parser.add_argument("--smooth", type=int, metavar="SPAN", help="EMA span of the smoothed curves (default: min(200, steps per level / 10))")
+    parser.add_argument(
+        "--smooth", type=int, metavar="SPAN", help="EMA span of the smoothed curves (default: min(200, steps per level / 10))"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the critics' weights and of the samples (default 0)")
-    parser.add_argument("--device", default="auto", help="torch device: auto (an accelerator if there is one, else cpu), cpu, cuda, cuda:1, mps ...")
+    parser.add_argument(
+        "--device", default="auto", help="torch device: auto (an accelerator if there is one, else cpu), cpu, cuda, cuda:1, mps ..."
+    )
     parser.add_argument("--no-figure", action="store_true", help="write the CSV and JSON only")
     parser.add_argument("--replot", action="store_true", help="no training: redraw DIR/mi_bench.png from DIR's CSV and JSON")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

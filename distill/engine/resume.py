@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from distill.errors import DistillError
+from distill.files.atomic import TEMPORARY_MARK
 from distill.files.rundir import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
@@ -34,8 +36,6 @@ from distill.files.rundir import (
     SUMMARY_FILE,
     is_finished,
 )
-from distill.errors import DistillError
-from distill.files.atomic import TEMPORARY_MARK
 from distill.recipe.schema import Recipe
 from distill.recipe.serialize import flatten_recipe, recipe_to_yaml
 

@@ -13,8 +13,8 @@ weighted total → backward → optimiser step, checked for non-finite values
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from accelerate.utils import gather_object

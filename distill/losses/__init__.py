@@ -4,9 +4,6 @@ Users add their own without touching the package: subclass :class:`DistillLoss`,
 decorate it with :func:`register_loss`, and name its type in a recipe.
 """
 
-from distill.losses.base import Batch, DistillLoss, InitStage, LossContext
-from distill.losses.registry import LOSSES, build_loss, loss_parameters, loss_schema, register_loss
-
 # Importing the loss files registers them.
 from distill.losses import (  # noqa: E402,F401
     ab,
@@ -26,5 +23,7 @@ from distill.losses import (  # noqa: E402,F401
     similarity,
     vid,
 )
+from distill.losses.base import Batch, DistillLoss, InitStage, LossContext
+from distill.losses.registry import LOSSES, build_loss, loss_parameters, loss_schema, register_loss
 
 __all__ = ["Batch", "DistillLoss", "InitStage", "LOSSES", "LossContext", "build_loss", "loss_parameters", "loss_schema", "register_loss"]

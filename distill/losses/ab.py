@@ -38,7 +38,7 @@ ReLU, since the targets are pre-activations that take both signs.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn

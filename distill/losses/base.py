@@ -11,8 +11,9 @@ State that is not trained (memory banks) lives in buffers and is checkpointed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 

@@ -28,7 +28,7 @@ wrn_40_2→wrn_40_1 and every cross-architecture pair of the benchmark (its
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

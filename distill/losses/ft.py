@@ -34,7 +34,7 @@ LeakyReLU, C_s → k·C_t) trains with the student in the main stage.
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -169,7 +169,7 @@ class FTLoss(DistillLoss):
         """The translator only: the paraphraser trains in the init stage and is frozen afterwards."""
         return (p for p in self.translator.parameters() if p.requires_grad)
 
-    def train(self, mode: bool = True) -> "FTLoss":
+    def train(self, mode: bool = True) -> FTLoss:
         """Train mode reaches the translator only; the paraphraser stays in eval (the init stage sets its own mode)."""
         super().train(mode)
         self.paraphraser.eval()

@@ -297,7 +297,8 @@ def read_results(out_dir: Path) -> BenchResult:
             raise MIBenchError(f"{path} not found: run `distill mi-bench --output {out_dir}` first")
     try:
         raw_config = json.loads(json_path.read_text(encoding="utf-8"))["config"]
-        config = BenchConfig(**{**raw_config, "levels": tuple(raw_config["levels"]), "critics": tuple(raw_config["critics"]), "estimators": tuple(raw_config["estimators"])})
+        listed = {key: tuple(raw_config[key]) for key in ("levels", "critics", "estimators")}
+        config = BenchConfig(**{**raw_config, **listed})
         rows = _read_rows(csv_path)
     except (KeyError, TypeError, ValueError) as error:
         raise MIBenchError(f"{out_dir} does not hold a readable mi-bench result ({error}); run the bench again") from None

@@ -4,11 +4,10 @@
 Each architecture file registers its builders on import.
 """
 
+# Importing the architecture files registers their models.
+from distill.models import mobilenetv2, resnet, resnetv2, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: E402,F401
 from distill.models.features import FeatureRecord, FeatureShapes, probe_feature_shapes
 from distill.models.registry import create_model, is_model, list_models, register_model
-
-# Importing the architecture files registers their models.
-from distill.models import resnet, resnetv2, wrn, vgg, mobilenetv2, shufflenetv1, shufflenetv2  # noqa: E402,F401
 
 __all__ = [
     "FeatureRecord",

@@ -37,7 +37,7 @@ class FeatureRecord:
         """The reference's ``feats`` list: the maps followed by the pooled vector."""
         return [*(self.preact_maps if preact else self.maps), self.pooled]
 
-    def map_tensors(self, function: Callable[[Tensor], Tensor]) -> "FeatureRecord":
+    def map_tensors(self, function: Callable[[Tensor], Tensor]) -> FeatureRecord:
         """A record with ``function`` applied once to every distinct tensor (shared maps stay shared)."""
         done: dict[int, Tensor] = {}
 
@@ -53,7 +53,7 @@ class FeatureRecord:
             logits=apply(self.logits),
         )
 
-    def shapes(self) -> "FeatureShapes":
+    def shapes(self) -> FeatureShapes:
         """Per-sample shapes (without the batch dimension) of every field."""
         return FeatureShapes(
             maps=[tuple(m.shape[1:]) for m in self.maps],

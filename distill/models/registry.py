@@ -8,8 +8,9 @@ return an ``nn.Module`` whose ``forward(x, features=True)`` returns a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 

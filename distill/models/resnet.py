@@ -13,7 +13,8 @@ checkpoints load strictly: ``conv1``, ``bn1``, ``layer{1,2,3}.N.{conv1,bn1,conv2
 
 from __future__ import annotations
 
-from typing import Sequence, cast
+from collections.abc import Sequence
+from typing import cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn

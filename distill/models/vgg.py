@@ -21,7 +21,7 @@ to 64-pixel inputs, so at 32 pixels blocks 3 and 4 both run at 4×4.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn

@@ -6,8 +6,9 @@ checked here, before any work starts, so a typo costs a second, not an epoch.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from distill.data import list_datasets
 from distill.data.registry import check_dataset_options

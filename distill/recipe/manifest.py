@@ -358,7 +358,9 @@ def _manifest(data: Any, path: Path) -> TeacherManifest:
         )
         for name, entry in parsed.teachers.items()
     }
-    return TeacherManifest(path=path, root=path.parent, dataset=parsed.dataset, sources=parsed.sources, teachers=teachers, version=parsed.version)
+    return TeacherManifest(
+        path=path, root=path.parent, dataset=parsed.dataset, sources=parsed.sources, teachers=teachers, version=parsed.version
+    )
 
 
 def read_manifest_text(path: Path) -> str:

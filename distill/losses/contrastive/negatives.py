@@ -82,7 +82,9 @@ def draw_negatives(
     return torch.multinomial(weights, num_negatives, replacement=True, generator=generator)
 
 
-def draw_positives(anchor_indices: Tensor, anchor_labels: Tensor, pool_labels: Tensor | None, mode: SamplingMode, generator: torch.Generator | None = None) -> Tensor:
+def draw_positives(
+    anchor_indices: Tensor, anchor_labels: Tensor, pool_labels: Tensor | None, mode: SamplingMode, generator: torch.Generator | None = None
+) -> Tensor:
     """Column 0 of the candidates: the anchor itself, or (``relax``) a random member of its class."""
     if mode != "relax":
         return anchor_indices
