@@ -155,3 +155,28 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_build_run_builds_what_the_recipe_describes_and_writes_nothing(fake_cifar100, tiny_teacher, tmp_path, monkeypatch):
+    from distill.engine.accelerator import make_accelerator
+    from distill.engine.build import build_run
+    from distill.recipe.load import recipe_from_dict
+    from distill.recipe.resolve import resolve_recipe
+
+    monkeypatch.chdir(tmp_path)
+    recipe = recipe_from_dict({
+        "student": {"arch": "resnet8"},
+        "teacher": {"arch": "resnet14", "checkpoint": str(tiny_teacher)},
+        "data": {"root": str(fake_cifar100), "verify": False, "num_workers": 0, "batch_size": 64},
+        "losses": {"ce": {"weight": 1.0}, "head": {"type": "test-pooled-head", "weight": 0.5}},
+        "output_dir": str(tmp_path / "runs"),
+    })
+    built = build_run(resolve_recipe(recipe).recipe, make_accelerator(recipe))
+    assert list(tmp_path.iterdir()) == []  # building touches no run directory
+    assert (built.num_classes, built.train_size, built.test_size) == (100, 256, 100)
+    assert list(built.unwrapped.losses) == ["ce", "head"] and built.unwrapped.weights == {"ce": 1.0, "head": 0.5}
+    student = list(built.unwrapped.student.parameters())
+    head = list(built.unwrapped.losses["head"].parameters())
+    assert [id(p) for p in built.trained_parameters] == [id(p) for p in student + head]  # what the optimiser steps
+    assert len(built.train_loader) == 4  # 256 images in batches of 64
+    assert all(not p.requires_grad for p in built.teacher.module.parameters())
