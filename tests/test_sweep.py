@@ -209,3 +209,47 @@ def test_a_stop_signal_ends_the_sweep_instead_of_moving_on(tiny_cifar, tmp_path,
                  "--output", str(tmp_path / "s"), "--no-tensorboard", *overrides(tiny_cifar)])
     assert code == EXIT_STOPPED and len(started) == 1
     assert "stopped by SIGTERM" in capsys.readouterr().err
+
+
+def test_the_parallel_mode_hands_out_devices_round_robin_logs_per_cell_and_stops_on_failure(tmp_path, monkeypatch):
+    """``--jobs N``: each cell a ``distill train`` process (stubbed here), its device and log file by grid order.
+
+    Every cell but seed 1 waits until the sweep has reported seed 1's failure, so the
+    order of events is fixed whatever the thread scheduling.
+    """
+    import threading
+
+    from distill.benchmark import sweep as sweep_module
+
+    cells = [
+        sweep_module.SweepCell("kd", "resnet56-resnet20", seed, tmp_path / "recipe.yaml", tmp_path / "runs" / f"seed{seed}")
+        for seed in range(5)
+    ]
+    started: list[tuple[int, str, Path]] = []
+    failure_reported = threading.Event()
+
+    def fake_train(cell, overrides, tensorboard, log_file, env):
+        started.append((cell.seed, env.get("CUDA_VISIBLE_DEVICES"), log_file))
+        if cell.seed == 1:
+            raise DistillError("exit status 2; see the log")
+        assert failure_reported.wait(timeout=60)
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        if line.startswith("FAILED"):
+            failure_reported.set()
+
+    monkeypatch.setattr(sweep_module, "run_subprocess", fake_train)
+    lines: list[str] = []
+    outcome = sweep_module.run_sweep(cells, jobs=2, devices=["0", "1"], log_dir=tmp_path / "logs", echo=echo)
+    assert sorted(seed for seed, _, _ in started) == [0, 1, 2, 3, 4]
+    assert {seed: device for seed, device, _ in started} == {0: "0", 1: "1", 2: "0", 3: "1", 4: "0"}
+    assert {seed: log for seed, _, log in started}[3] == tmp_path / "logs/kd/resnet56-resnet20/seed3.log"
+    assert [cell.seed for cell, _ in outcome.failed] == [1] and sorted(c.seed for c in outcome.done) == [0, 2, 3, 4]
+    assert "FAILED kd resnet56-resnet20 seed 1: exit status 2; see the log" in lines
+
+    started.clear()
+    failure_reported.clear()
+    outcome = sweep_module.run_sweep(cells, jobs=2, fail_fast=True, log_dir=tmp_path / "logs", echo=echo)
+    assert sorted(seed for seed, _, _ in started) == [0, 1]  # no new cell starts after a failure
+    assert [cell.seed for cell, _ in outcome.failed] == [1] and [c.seed for c in outcome.done] == [0]
