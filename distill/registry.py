@@ -58,6 +58,11 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a temporary entry: a test's or a notebook's); an unknown name is an error."""
+        self.get(name)
+        del self._entries[name]
+
     def get(self, name: str) -> T:
         try:
             return self._entries[name]

@@ -123,3 +123,18 @@ def test_timm_unknown_name_and_pretrained_are_refused():
         create_model("timm/resnet18x")
     with pytest.raises(Exception, match="not fetched"):
         create_model("timm/resnet18", pretrained=True)
+
+
+def test_a_temporary_registration_can_be_undone():
+    from distill.models import register_model
+    from distill.models.registry import MODELS
+
+    def temporary(num_classes: int = 100) -> None:
+        """Never built: registered and removed."""
+
+    register_model("test_temporary_net")(temporary)
+    assert "test_temporary_net" in list_models()
+    MODELS.unregister("test_temporary_net")
+    assert "test_temporary_net" not in list_models()
+    with pytest.raises(UnknownNameError, match="test_temporary_net"):
+        MODELS.unregister("test_temporary_net")

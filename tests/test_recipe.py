@@ -11,6 +11,7 @@ from distill.data.registry import register_dataset
 from distill.data.views import register_view
 from distill.errors import DistillError, RecipeError
 from distill.models import register_model
+from distill.models.registry import MODELS
 from distill.recipe.compose import compose_file
 from distill.recipe.load import load_recipe, recipe_from_dict
 from distill.recipe.schema import DataSpec, OptimizerSpec, ScheduleSpec
@@ -291,9 +292,16 @@ def test_range_boundaries_inside_are_accepted(recipe_tree):
 # --- every option checked at load time, with one message ---------------------------------------
 
 
-@register_model("test_schema_widthnet")
 def _widthnet(num_classes: int = 100, width: int = 1) -> None:
     """A model with one option (never built: only its signature is read)."""
+
+
+@pytest.fixture
+def widthnet():
+    """``test_schema_widthnet`` in the model registry for one test only (the zoo's list stays the reference's)."""
+    register_model("test_schema_widthnet")(_widthnet)
+    yield
+    MODELS.unregister("test_schema_widthnet")
 
 
 @pytest.mark.parametrize(
@@ -307,14 +315,14 @@ def _widthnet(num_classes: int = 100, width: int = 1) -> None:
         (["losses.kd.temprature=3"], "losses.kd.temprature", "loss 'kd'", "temprature", "'temperature'"),
     ],
 )
-def test_a_misspelt_option_fails_at_load_time_with_one_message(recipe_tree, overrides, where, owner, key, suggestion):
+def test_a_misspelt_option_fails_at_load_time_with_one_message(recipe_tree, widthnet, overrides, where, owner, key, suggestion):
     message = error_of(recipe_tree, overrides)
     assert message.startswith(f"command-line override: {where}: {owner} has no option {key!r}."), message
     assert message.endswith(" Remove it.")
     assert (f"Did you mean {suggestion}" in message) if suggestion else ("It takes no options." in message)
 
 
-def test_option_values_are_type_checked_at_load_time(recipe_tree):
+def test_option_values_are_type_checked_at_load_time(recipe_tree, widthnet):
     assert error_of(recipe_tree, ["data.options.train_size=many"]).endswith("data.options.train_size: expected int, got 'many' (str)")
     assert error_of(recipe_tree, ["student.arch=test_schema_widthnet", "student.options.width=wide"]).endswith(
         "student.options.width: expected int, got 'wide' (str)"

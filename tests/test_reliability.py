@@ -65,7 +65,7 @@ def test_a_non_finite_step_stops_the_run_and_saves_nothing_after_it(
     assert f"the last good checkpoint is {run_dir / 'checkpoints' / 'last.pt'} (epoch 1, step 4)" in err
     assert "lower optimizer.lr" in err and "skip_nonfinite" in err and f"--resume {run_dir}" in err
     saved = last_checkpoint(run_dir)  # the step-6 checkpoint was never written over it
-    assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 0, 4) and all_finite(saved["model"])
+    assert (saved["epoch"], saved["state"]["batch"], saved["state"]["step"]) == (1, 0, 4) and all_finite(saved["model"])
     assert not (run_dir / "summary.json").exists()
 
 
@@ -79,7 +79,7 @@ def test_skip_nonfinite_drops_bad_steps_up_to_its_budget(plugin, fake_cifar100, 
     assert "step 2 (epoch 1, batch 2): loss term extra = nan became non-finite; step skipped (1 of skip_nonfinite=2)" in log
     assert "step 5 (epoch 2, batch 1)" in log and "(2 of skip_nonfinite=2)" in log
     final = last_checkpoint(run_dir)
-    assert final["skipped_steps"] == 2 and final["step"] == 8 and all_finite(final["model"])
+    assert final["skipped_steps"] == 2 and final["state"]["step"] == 8 and all_finite(final["model"])
     assert all(math.isfinite(row["train/loss/total"]) for row in read_metrics(run_dir) if "train/loss/total" in row)
 
     capsys.readouterr()
@@ -127,10 +127,10 @@ def test_sigterm_in_process_checkpoints_where_it_stopped(plugin, fake_cifar100, 
     run_dir = tmp_path / "run"
     stopped_run(run_dir, plugin, fake_cifar100, tiny_teacher, capsys)
     saved = last_checkpoint(run_dir)
-    assert (saved["epoch"], saved["batch"], saved["step"]) == (0, 3, 3)
+    assert (saved["epoch"], saved["state"]["batch"], saved["state"]["step"]) == (0, 3, 3)
     assert main(["train", "--resume", str(run_dir), "--no-tensorboard"]) == 0
     rows = [row for row in read_metrics(run_dir) if "test/top1" in row]
-    assert [row["epoch"] for row in rows] == [1, 2] and last_checkpoint(run_dir)["step"] == 8
+    assert [row["epoch"] for row in rows] == [1, 2] and last_checkpoint(run_dir)["state"]["step"] == 8
     info = json.loads((run_dir / "run.json").read_text())
     assert [(r["from_epoch"], r["from_batch"], r["from_step"]) for r in info["resumes"]] == [(0, 3, 3)]
 
@@ -143,7 +143,7 @@ def test_resuming_with_another_recipe_is_refused_unless_forced(plugin, fake_cifa
     assert main(["train", "--resume", str(run_dir), "optimizer.lr=0.1", "--no-tensorboard"]) == 2
     err = capsys.readouterr().err
     assert "the recipe differs" in err and "optimizer.lr: run has 0.05, now 0.1" in err and "--force" in err
-    assert last_checkpoint(run_dir)["step"] == 3  # untouched
+    assert last_checkpoint(run_dir)["state"]["step"] == 3  # untouched
 
     assert main(["train", "--resume", str(run_dir), "optimizer.lr=0.1", "--force", "--no-tensorboard"]) == 0
     info = json.loads((run_dir / "run.json").read_text())
@@ -220,7 +220,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(fake_cifar100, t
     assert "Traceback" not in err and "No space left on device" in err and "the disk is full: free space" in err
     assert "the previous last.pt is intact" in err and f"distill train --resume {run_dir}" in err
     saved = last_checkpoint(run_dir)
-    assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 0, 4)
+    assert (saved["epoch"], saved["state"]["batch"], saved["state"]["step"]) == (1, 0, 4)
     assert not list((run_dir / "checkpoints").glob(".*")) and not (run_dir / "summary.json").exists()
 
 

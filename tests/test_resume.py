@@ -162,7 +162,7 @@ def test_sigterm_checkpoints_exits_75_and_resumes_exactly(baselines, fake_cifar1
     assert process.returncode == EXIT_STOPPED, stderr
     assert "stopped by SIGTERM" in stderr and f"distill train --resume {run_dir}" in stderr
     stopped = final_state(run_dir)
-    assert stopped["epoch"] == 1 and stopped["batch"] >= 1  # a checkpoint inside epoch 2, where it stopped
+    assert stopped["epoch"] == 1 and stopped["state"]["batch"] >= 1  # a checkpoint inside epoch 2, where it stopped
     assert not (run_dir / "summary.json").exists()
 
     resumed = run_distill("train", "--resume", str(run_dir))
@@ -200,7 +200,7 @@ def test_two_processes_killed_and_resumed_end_bit_identical(fake_cifar100, tiny_
 
     run_dir = tmp_path / "killed"
     killed = torchrun_train(run_dir, fake_cifar100, tiny_teacher, 29542, fault="kill_after_step=3")
-    assert killed.returncode != 0 and final_state(run_dir)["step"] == 2
+    assert killed.returncode != 0 and final_state(run_dir)["state"]["step"] == 2
     assert len(final_state(run_dir)["processes"]) == 2
     resumed = torchrun_train(run_dir, fake_cifar100, tiny_teacher, 29543, resume=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
