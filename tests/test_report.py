@@ -146,7 +146,50 @@ def test_published_labels_and_sources():
     assert "megvii-research/mdistiller" in published_module.source("dkd").url
     assert "ShuffleNet-V2" in published.rows["dkd"].note
     assert published_module.source("unknown") is None
-    assert "last" in published.protocol.lower()
+    assert "top-1" in published.metric.lower()
+
+
+def test_every_published_row_states_its_protocol():
+    published = load_published()
+    crd = published.protocol("crd", R32_R8)
+    assert (crd.views, crd.epochs, crd.epoch, crd.runs) == (1, 240, "last", None)
+    assert "issue #16" in crd.note and "UNVERIFIED" in crd.note
+    assert published.protocol("teacher", VGG) == crd  # the baselines share the CRD paper's protocol
+    dkd = published.protocol("dkd", R32_R8)
+    assert (dkd.epoch, dkd.runs) == ("not stated", None) and dkd.note
+    assert crd.describe() == "last epoch, 240 epochs, 1 view, runs not stated"
+    assert published.protocol("my_method", R32_R8) is None
+
+
+def bad_protocol(change) -> dict:
+    """The packaged data with ``change`` applied to KD's protocol (a mapping it may edit in place)."""
+    data = yaml.safe_load((REPO / "distill/benchmark/published.yaml").read_text(encoding="utf-8"))
+    data = json.loads(json.dumps(data))
+    change(data["methods"]["kd"]["protocol"])
+    return data
+
+
+def test_protocol_errors_have_the_one_format_file_key_message():
+    prefix = r"^distill/benchmark/published\.yaml: methods\.kd\.protocol\."
+    cases = [
+        (lambda p: p.update(epoch="final"), prefix + r"epoch: expected one of 'last', 'best', 'not stated', got 'final'"),
+        (lambda p: p.update(views=0), prefix + r"views: expected 1 or 2 \(images per sample per training step\), got 0"),
+        (lambda p: p.update(views=3), prefix + r"views: expected 1 or 2"),
+        (lambda p: p.update(epochs=0), prefix + r"epochs: must be positive, got 0"),
+        (lambda p: p.update(runs=0), prefix + r"runs: must be positive, got 0"),
+        (lambda p: p.update(seeds=3), prefix + r"seeds: unknown key\. .*valid keys here or remove it: views, epochs, epoch, runs"),
+        (lambda p: p.pop("runs"), prefix + r"runs: required key is missing \(expected int or null\)"),
+        (lambda p: p.pop("note"), prefix + r"note: runs is not stated: write a note"),
+        (lambda p: p.update(epochs_by_task={"resnet8-resnet9": 960}), prefix + r"epochs_by_task: unknown task\(s\) 'resnet8-resnet9'"),
+        (lambda p: p.update(epochs_by_task={R32_R8: 0}), prefix + rf"epochs_by_task: epochs must be positive, got {R32_R8}: 0"),
+    ]
+    for change, message in cases:
+        with pytest.raises(DistillError, match=message):
+            parse_published(bad_protocol(change))
+    no_protocol = bad_protocol(lambda p: None)
+    del no_protocol["methods"]["kd"]["protocol"]
+    with pytest.raises(DistillError, match=r"published\.yaml: methods\.kd\.protocol: required key is missing"):
+        parse_published(no_protocol)
 
 
 def test_published_method_keys_are_the_recipe_folders():

@@ -356,7 +356,7 @@ def sources_legend(published: PublishedResults) -> str:
     by_source: dict[str, list[str]] = defaultdict(list)
     for key, row in published.rows.items():
         by_source[row.source].append(key)
-    lines = [f"Published numbers. {published.protocol}", ""]
+    lines = [f"Published numbers: {published.metric}", ""]
     for source_key, keys in by_source.items():
         source = published.sources[source_key]
         labels = ", ".join(published.label(key) for key in keys)
