@@ -193,8 +193,44 @@ def test_protocol_errors_have_the_one_format_file_key_message():
 
 
 def test_published_method_keys_are_the_recipe_folders():
+    """Every recipe folder has a published row (its label and protocol); a row may come before its recipe."""
     folders = {p.name for p in (REPO / "recipes/cifar100").iterdir() if p.is_dir()} - {"_base_", "teachers"}
-    assert set(load_published().rows) - {"teacher"} == folders
+    rows = set(load_published().rows) - {"teacher"}
+    assert folders <= rows
+    assert all(key.isidentifier() and key == key.lower() for key in rows - folders)
+
+
+NEW_METHODS = ("kd_ls", "dkd_ls", "mlkd", "mlkd_ls", "dist", "ttm", "wttm", "wttm_crd")
+
+
+def test_the_new_methods_rows_load_with_their_sources_and_protocols():
+    published = load_published()
+    assert all(method in published.methods for method in NEW_METHODS)
+    assert (published.top1("kd_ls", R32_R8), published.top1("dkd_ls", R32_R8)) == (76.62, 77.01)
+    assert (published.top1("mlkd", R32_R8), published.top1("mlkd_ls", "resnet32x4-ShuffleV2")) == (77.08, 78.76)
+    assert (published.top1("dist", "wrn_40_2-wrn_40_1"), published.top1("dist", VGG)) == (74.43, None)
+    assert (published.top1("ttm", "wrn_40_2-ShuffleV1"), published.top1("wttm_crd", "ResNet50-vgg8")) == (75.39, 75.30)
+    assert published.top1("wttm", R32_R8) == 76.06
+    for method in ("kd_ls", "dkd_ls", "mlkd_ls"):
+        assert published.source(method).url == "https://github.com/sunshangquan/logit-standardization-KD"
+    assert "sunshangquan/logit-standardization-KD" in published.source("mlkd").copied_from
+    assert published.source("dist").commit == "2418f18" and published.source("wttm_crd").commit == "fe457b3"
+
+    ls = published.protocol("kd_ls", R32_R8)
+    assert (ls.views, ls.epochs, ls.epoch, ls.runs) == (1, 240, "best", 4) and "INFERENCE" in ls.note
+    mlkd = published.protocol("mlkd", R32_R8)
+    assert (mlkd.views, mlkd.epochs, mlkd.epoch, mlkd.runs) == (2, 480, "best", None) and "UNVERIFIED" in mlkd.note
+    assert published.protocol("mlkd", "resnet32x4-ShuffleV2").epochs == 960
+    assert published.protocol("mlkd_ls", "resnet32x4-ShuffleV2").epochs == 960
+    assert published.protocol("mlkd_ls", "resnet32x4-ShuffleV1").epochs == 480
+    for method in ("dist", "ttm", "wttm", "wttm_crd"):
+        assert (published.protocol(method, R32_R8).epoch, published.protocol(method, R32_R8).runs) == ("not stated", None)
+
+
+def test_unverified_mlkd_shufflenet_numbers_are_left_out():
+    published = load_published()
+    assert published.top1("mlkd", "resnet32x4-ShuffleV1") is None and published.top1("mlkd", "wrn_40_2-ShuffleV1") is None
+    assert "77.18" in published.rows["mlkd"].note and "UNVERIFIED" in published.rows["mlkd"].note
 
 
 def test_published_validation_names_the_problem():

@@ -32,7 +32,8 @@ METRICS: tuple[str, ...] = ("final", "best")
 
 METHOD_ORDER: tuple[str, ...] = (
     "teacher", "vanilla", "kd", "hint", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst",
-    "crd", "crd_kd", "dkd", "ml_cpc", "ml_cpc_kd", "crd_infomin", "ml_cpc_infomin", "segmental", "segmental_kd",
+    "crd", "crd_kd", "dkd", "kd_ls", "dkd_ls", "mlkd", "mlkd_ls", "dist", "ttm", "wttm", "wttm_crd",
+    "ml_cpc", "ml_cpc_kd", "crd_infomin", "ml_cpc_infomin", "segmental", "segmental_kd",
 )  # fmt: skip
 """Row order: the CRD paper's, then the later methods; other methods follow alphabetically."""
 
