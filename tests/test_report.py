@@ -100,7 +100,7 @@ def expected_cell(method: str, task: str, paper: float, incomplete: int = 0) -> 
     text = f"{mean:.2f} \u00b1 {std:.2f} (n={len(finals)})"
     if incomplete:
         text += f"<br>+{incomplete} incomplete"
-    return text + f"<br>paper {paper:.2f} ({signed(round(round(mean, 2) - paper, 2))})"
+    return text + f"<br>paper {paper:.2f} [a] ({signed(round(round(mean, 2) - paper, 2))})"
 
 
 # --- published numbers ----------------------------------------------------------------------------
@@ -365,14 +365,15 @@ def test_single_run_has_no_std(tmp_path):
     cells = aggregate(find_runs([tmp_path]))
     assert cells["kd", VGG].std is None
     table = results_table(cells, load_published())
-    assert "72.00 \u00b1 \u2013 (n=1)<br>paper 72.98 (\u22120.98)" in table
+    assert "72.00 \u00b1 \u2013 (n=1)<br>paper 72.98 [a] (\u22120.98)" in table
 
 
 def test_markdown_cells_show_ours_the_paper_and_the_difference(runs_dir):
     markdown = render_markdown(find_runs([runs_dir]), load_published())
     assert "last-epoch top-1 (the CRD paper's protocol)" in markdown
-    assert "resnet32x4 \u2192 resnet8x4<br>T 79.42 \u00b7 S 72.50" in markdown
-    assert "vgg13 \u2192 vgg8<br>T 74.64 \u00b7 S 70.36" in markdown
+    assert "resnet32x4 \u2192 resnet8x4<br>T 79.42 [a] \u00b7 S 72.50 [a]" in markdown
+    assert "vgg13 \u2192 vgg8<br>T 74.64 [a] \u00b7 S 70.36 [a]" in markdown
+    assert "- [a] last epoch, 240 epochs, 1 view, runs not stated: Teacher, Student (vanilla), KD, CRD." in markdown
     assert expected_cell("kd", R32_R8, 73.33) in markdown
     assert expected_cell("crd", R32_R8, 75.51, incomplete=1) in markdown
     assert expected_cell("kd", VGG, 72.98) in markdown
@@ -384,7 +385,7 @@ def test_markdown_cells_show_ours_the_paper_and_the_difference(runs_dir):
 
 def test_table_layout_orders_tasks_like_the_paper_and_methods_kd_before_crd(runs_dir):
     table = results_table(aggregate(find_runs([runs_dir])), load_published())
-    header, _, *rows = table.splitlines()
+    header, _, *rows = [line for line in table.splitlines() if line.startswith("|")]  # the protocol legend follows
     assert header.index("resnet32x4 \u2192 resnet8x4") < header.index("vgg13 \u2192 vgg8")
     assert [row.split("|")[1].strip() for row in rows] == ["KD", "CRD"]
     wide = results_table(aggregate(find_runs([runs_dir])), load_published(), all_tasks=True)
@@ -396,16 +397,17 @@ def test_nothing_finished_shows_a_dash_and_the_count(tmp_path):
     write_run(tmp_path / "a", f"cifar100/dkd/{VGG}", "vgg8", "vgg13", 0, [30.0])
     write_run(tmp_path / "b", f"cifar100/dkd/{VGG}", "vgg8", "vgg13", 1, [31.0])
     table = results_table(aggregate(find_runs([tmp_path])), load_published())
-    assert "\u2014 (2 incomplete)<br>paper 74.68" in table
+    assert "\u2014 (2 incomplete)<br>paper 74.68 [b] |" in table
 
 
 def test_best_metric_is_labelled_and_not_compared(runs_dir):
     markdown = render_markdown(find_runs([runs_dir]), load_published(), metric="best")
-    assert "BEST-epoch top-1, selected on the test set \u2014 not comparable to the papers" in markdown
+    assert "BEST-epoch top-1, selected on the test set \u2014 not comparable to last-epoch numbers" in markdown
     assert "last-epoch top-1 (the CRD paper's protocol)" not in markdown
     mean, std = mean_and_std([73.40, 73.90, 73.30])
-    assert f"{mean:.2f} \u00b1 {std:.2f} (n=3)<br>paper 73.33 |" in markdown
-    assert "Difference to the paper" not in markdown
+    assert f"{mean:.2f} \u00b1 {std:.2f} (n=3)<br>paper 73.33 [a] (no \u0394; paper: last epoch) |" in markdown
+    summary = markdown.split("## Difference to the paper")[1]
+    assert "| KD | 0 | \u2013 | \u2013 | 2 task(s) not compared (paper: last epoch) |" in summary
 
 
 def test_teacher_runs_fill_the_teacher_row_of_their_tasks(tmp_path):
@@ -415,14 +417,14 @@ def test_teacher_runs_fill_the_teacher_row_of_their_tasks(tmp_path):
     assert {task for method, task in cells if method == "teacher"} == {R32_R8, "resnet32x4-ShuffleV1", "resnet32x4-ShuffleV2"}
     table = results_table(cells, load_published())
     teacher_row = next(line for line in table.splitlines() if line.startswith("| Teacher |"))
-    assert teacher_row.count("79.00 \u00b1 \u2013 (n=1)<br>paper 79.42 (\u22120.42)") == 3
+    assert teacher_row.count("79.00 \u00b1 \u2013 (n=1)<br>paper 79.42 [a] (\u22120.42)") == 3
     assert cells["vanilla", R32_R8].teacher_arch == "resnet32x4"
 
 
 def test_measured_teacher_row(tmp_path):
     write_run(tmp_path / "r", f"cifar100/kd/{R32_R8}", "resnet8x4", "resnet32x4", 0, [73.0], 73.0, 73.0, teacher_top1=79.40)
     markdown = render_markdown(find_runs([tmp_path]), load_published())
-    assert "| Teacher checkpoint (measured) | 79.40<br>paper 79.42 (\u22120.02) |" in markdown
+    assert "| Teacher checkpoint (measured) | 79.40<br>paper 79.42 [a] (\u22120.02) |" in markdown
 
 
 def test_csv_rows_long_format(runs_dir, tmp_path):
@@ -440,6 +442,69 @@ def test_csv_rows_long_format(runs_dir, tmp_path):
     assert crd["published_source"].startswith("repdistiller: https://github.com/HobbitLong/RepDistiller")
     best = csv_rows(aggregate(find_runs([runs_dir]), metric="best"), load_published(), metric="best")
     assert all(r["metric"] == "best" and r["delta"] == "" and r["published"] for r in best)
+
+
+# --- protocols: tags, and differences only between numbers measured the same way ----------------
+
+
+def protocol_runs(root: Path, epochs: int = 240) -> list:
+    """Two finished seeds on resnet32x4→resnet8x4 for KD (last epoch), DKD (unstated), KD+LS (best) and MLKD (2 views)."""
+    for method, finals in [("kd", (73.1, 73.5)), ("dkd", (76.0, 76.4)), ("kd_ls", (76.1, 76.5)), ("mlkd", (77.0, 77.2))]:
+        for seed, final in enumerate(finals):
+            run = root / method / f"seed{seed}"
+            write_run(run, f"cifar100/{method}/{R32_R8}", "resnet8x4", "resnet32x4", seed, [final - 1, final], final, final + 0.3, epochs)
+    return find_runs([root])
+
+
+def test_published_numbers_carry_their_protocol_and_a_legend(tmp_path):
+    table = results_table(aggregate(protocol_runs(tmp_path)), load_published())
+    assert "T 79.42 [a] \u00b7 S 72.50 [a]" in table
+    assert "73.30 \u00b1 0.28 (n=2)<br>paper 73.33 [a] (\u22120.03) |" in table
+    legend = table.split("Protocols of the published numbers")[1]
+    assert "Ours: last epoch (`final_top1`), one view" in legend
+    assert "- [a] last epoch, 240 epochs, 1 view, runs not stated: Teacher, Student (vanilla), KD." in legend
+    assert "- [b] last or best epoch not stated, 240 epochs, 1 view, runs not stated: DKD." in legend
+    assert "- [c] best epoch, 240 epochs, 1 view, mean of 4 runs: KD+LS." in legend
+    assert "- [d] best epoch, 480 epochs, 2 views, runs not stated: MLKD." in legend
+
+
+def test_no_difference_to_a_best_epoch_or_two_view_number_and_the_reason_instead(tmp_path):
+    markdown = render_markdown(protocol_runs(tmp_path), load_published())
+    assert "76.30 \u00b1 0.28 (n=2)<br>paper 76.62 [c] (no \u0394; paper: best epoch) |" in markdown
+    assert "<br>paper 77.08 [d] (no \u0394; paper: best epoch, 2 views, 480 epochs) |" in markdown
+    summary = markdown.split("## Difference to the paper")[1]
+    assert "| KD | 1 | \u22120.03 | \u22120.03 \u2026 \u22120.03 |  |" in summary
+    assert "| KD+LS | 0 | \u2013 | \u2013 | 1 task(s) not compared (paper: best epoch) |" in summary
+
+
+def test_a_difference_to_a_number_of_unstated_epoch_is_labelled(tmp_path):
+    markdown = render_markdown(protocol_runs(tmp_path), load_published())
+    assert "76.20 \u00b1 0.28 (n=2)<br>paper 76.32 [b] (\u22120.12; paper: last or best epoch not stated) |" in markdown
+    assert "| DKD | 1 | \u22120.12 | \u22120.12 \u2026 \u22120.12 | paper: last or best epoch not stated |" in markdown
+
+
+def test_best_metric_is_compared_with_best_epoch_numbers_only(tmp_path):
+    markdown = render_markdown(protocol_runs(tmp_path), load_published(), metric="best")
+    assert "76.60 \u00b1 0.28 (n=2)<br>paper 76.62 [c] (\u22120.02) |" in markdown
+    assert "<br>paper 73.33 [a] (no \u0394; paper: last epoch) |" in markdown
+    assert "<br>paper 77.08 [d] (no \u0394; paper: 2 views, 480 epochs) |" in markdown
+
+
+def test_runs_of_another_length_are_not_compared(tmp_path):
+    table = results_table(aggregate(protocol_runs(tmp_path, epochs=30)), load_published())
+    assert "<br>30 epochs (paper: 240)<br>paper 73.33 [a] (no \u0394; paper: 240 epochs) |" in table
+
+
+def test_csv_has_both_protocols_and_the_comparison(tmp_path):
+    rows = {r["method"]: r for r in csv_rows(aggregate(protocol_runs(tmp_path)), load_published())}
+    kd, dkd, ls, mlkd = rows["kd"], rows["dkd"], rows["kd_ls"], rows["mlkd"]
+    assert (kd["epoch"], kd["epochs"], kd["views"]) == ("last", "240", "1")
+    assert (kd["delta"], kd["comparison"], kd["comparison_note"]) == ("-0.03", "same protocol", "")
+    assert (kd["published_epoch"], kd["published_epochs"], kd["published_views"], kd["published_runs"]) == ("last", "240", "1", "")
+    assert (dkd["delta"], dkd["comparison"], dkd["published_epoch"]) == ("-0.12", "labelled", "not stated")
+    assert (ls["delta"], ls["comparison"], ls["comparison_note"]) == ("", "withheld", "paper: best epoch")
+    assert (ls["published_runs"], ls["published_protocol"]) == ("4", "best epoch, 240 epochs, 1 view, mean of 4 runs")
+    assert (mlkd["published_views"], mlkd["published_epochs"]) == ("2", "480")
 
 
 # --- figures and the CLI -------------------------------------------------------------------------
@@ -575,7 +640,7 @@ def test_a_cell_with_only_failed_runs_says_so(tmp_path):
     write_outcome(write_run(tmp_path / "a", f"cifar100/dkd/{VGG}", "vgg8", "vgg13", 0, []), "failed", "boom")
     write_run(tmp_path / "b", f"cifar100/dkd/{VGG}", "vgg8", "vgg13", 1, [31.0])
     table = results_table(aggregate(find_runs([tmp_path])), load_published())
-    assert "\u2014 (1 incomplete, 1 failed)<br>paper 74.68" in table
+    assert "\u2014 (1 incomplete, 1 failed)<br>paper 74.68 [b]" in table
 
 
 @pytest.mark.e2e

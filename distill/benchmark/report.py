@@ -6,7 +6,10 @@ arithmetic and the layout can be tested without training anything. The CLI
 
 Layout: one column per teacher→student task, in the paper's order, one row per
 method. A cell holds our mean ± sample std over seeds, the number of finished
-runs, the published number and our difference to it. Runs that have not finished
+runs, the published number with a letter for its protocol (the legend under the
+table says what each letter means) and our difference to it, which is printed only
+where the two were measured the same way (:mod:`distill.benchmark.comparison`).
+Runs that have not finished
 are counted and shown, never averaged in: a half-trained run would drag a mean down.
 Runs that an error ended (``outcome.json`` says ``failed`` or ``nonfinite``) are
 no result at all: counted apart from the unfinished ones and listed with their error.
@@ -23,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from distill.benchmark.published import PublishedResults
+from distill.benchmark.comparison import OURS_EPOCH, Comparison, OurProtocol, compare, published_delta
+from distill.benchmark.published import Protocol, PublishedResults
 from distill.benchmark.runs import TEACHER_METHOD, RunRecord
 from distill.benchmark.tasks import TASKS
 
@@ -47,10 +51,17 @@ TASK_NAMES = tuple(task.name for task in TASKS)
 
 CSV_COLUMNS = (
     "method", "task", "teacher", "student", "metric", "n_complete", "n_incomplete", "n_failed", "seeds",
-    "mean", "std", "published", "delta", "published_source",
+    "mean", "std", "epoch", "epochs", "views", "published", "delta", "comparison", "comparison_note",
+    "published_epoch", "published_epochs", "published_views", "published_runs", "published_protocol",
+    "published_source",
 )  # fmt: skip
+"""``epoch``/``epochs``/``views``: our protocol; ``published_*``: the source's; ``comparison``: same protocol,
+labelled or withheld (``delta`` is empty when withheld), ``comparison_note`` says why."""
 
 CellKey = tuple[str, str]
+ProtocolKey = tuple[int, int, str, int | None]
+Markers = Mapping[ProtocolKey, str]
+"""A letter per distinct published protocol shown in a table (``a``, ``b``, ...), explained in the legend under it."""
 
 
 @dataclass(frozen=True)
@@ -175,11 +186,6 @@ def task_order(tasks: Iterable[str], all_tasks: bool = False) -> list[str]:
     return known + sorted(unique - set(TASK_NAMES))
 
 
-def published_delta(mean: float, published: float) -> float:
-    """Ours − paper, from the mean as displayed (2 decimals) so the numbers in a cell add up."""
-    return round(round(mean, 2) - published, 2)
-
-
 def format_number(value: float | None) -> str:
     return NO_VALUE if value is None else f"{value:.2f}"
 
@@ -199,12 +205,51 @@ def method_title(method: str, published: PublishedResults) -> str:
     return label if key in simple else f"{label} ({method})"
 
 
-def header_cell(task: str, archs: tuple[str | None, str] | None, published: PublishedResults) -> str:
-    """``resnet32x4 → resnet8x4<br>T 79.42 · S 72.50`` for a benchmark task; the archs for any other."""
+def our_protocol(cell: Cell, metric: Metric) -> OurProtocol:
+    """The protocol of a cell's mean: the metric's epoch, the finished runs' epoch counts and how many they are."""
+    return OurProtocol(epoch=OURS_EPOCH[metric], epochs=cell.epochs, runs=cell.n_complete)  # type: ignore[arg-type]
+
+
+def shown_protocols(methods: Iterable[str], tasks: Sequence[str], published: PublishedResults) -> list[Protocol]:
+    """The protocols of the published numbers a table shows, in reading order: the header's baselines, then row by row."""
+    found = []
+    for task in tasks:
+        if task in TASK_NAMES:
+            found += [published.protocol(row, task) for row in ("teacher", "vanilla") if published.top1(row, task) is not None]
+    for method in methods:
+        found += [published.protocol(method, task) for task in tasks if published.top1(method, task) is not None]
+    return [protocol for protocol in found if protocol is not None]
+
+
+def protocol_markers(protocols: Iterable[Protocol]) -> dict[ProtocolKey, str]:
+    """A letter per distinct protocol, in order of first appearance (``a``, ``b``, ...; ``p27`` on after ``z``)."""
+    markers: dict[ProtocolKey, str] = {}
+    for protocol in protocols:
+        if protocol.key() not in markers:
+            index = len(markers)
+            markers[protocol.key()] = chr(ord("a") + index) if index < 26 else f"p{index + 1}"
+    return markers
+
+
+def marker(published: PublishedResults, row: str, task: str, markers: Markers) -> str:
+    """`` [a]``: the letter of the protocol of ``row``'s number on ``task`` (empty without one)."""
+    protocol = published.protocol(row, task)
+    letter = markers.get(protocol.key()) if protocol is not None else None
+    return f" [{letter}]" if letter else ""
+
+
+def header_cell(
+    task: str, archs: tuple[str | None, str] | None, published: PublishedResults, markers: Markers | None = None
+) -> str:
+    """``resnet32x4 → resnet8x4<br>T 79.42 [a] · S 72.50 [a]`` for a benchmark task; the archs for any other."""
     if task in TASK_NAMES:
         spec = TASKS[TASK_NAMES.index(task)]
+        markers = markers or {}
         teacher, vanilla = published.teacher_top1(task), published.vanilla_top1(task)
-        return f"{spec.teacher} \u2192 {spec.student}<br>T {format_number(teacher)} \u00b7 S {format_number(vanilla)}"
+        return (
+            f"{spec.teacher} \u2192 {spec.student}<br>T {format_number(teacher)}{marker(published, 'teacher', task, markers)}"
+            f" \u00b7 S {format_number(vanilla)}{marker(published, 'vanilla', task, markers)}"
+        )
     if archs is not None and archs[0] is not None:
         return f"{archs[0]} \u2192 {archs[1]}"
     return task
@@ -229,30 +274,56 @@ def ours_text(cell: Cell) -> str:
     return text
 
 
-def paper_text(method: str, task: str, mean: float | None, published: PublishedResults, metric: Metric) -> str:
-    """``paper 75.51 (−0.18)``; ``paper n/a`` where the source has no number; nothing off the benchmark.
+def comparison(cell: Cell | None, method: str, task: str, published: PublishedResults, metric: Metric) -> Comparison | None:
+    """Ours vs the published number of (method, task); None where either number is missing."""
+    value, protocol = published.top1(method, task), published.protocol(method, task)
+    if cell is None or cell.mean is None or value is None or protocol is None:
+        return None
+    return compare(cell.mean, our_protocol(cell, metric), value, protocol)
 
-    Under the best-epoch metric the difference is left out: the papers report the last epoch.
+
+def comparison_text(result: Comparison | None) -> str:
+    """`` (−0.18)``, `` (−0.18; paper: last or best epoch not stated)`` or `` (no Δ; paper: best epoch)``."""
+    if result is None:
+        return ""
+    if result.delta is None:
+        return f" (no \u0394; {result.caveat})"
+    return f" ({format_delta(result.delta)}{'; ' + result.caveat if result.caveat else ''})"
+
+
+def paper_text(
+    method: str, task: str, cell: Cell | None, published: PublishedResults, metric: Metric, markers: Markers | None = None
+) -> str:
+    """``paper 75.51 [a] (−0.18)``; ``paper n/a`` where the source has no number; nothing off the benchmark.
+
+    The letter names the number's protocol (legend under the table); the difference is
+    printed as :func:`distill.benchmark.comparison.compare` decides: plain, labelled or withheld.
     """
     if method not in published.rows or task not in TASK_NAMES:
         return ""
     value = published.top1(method, task)
     if value is None:
         return "paper n/a"
-    if mean is None or metric != "final":
-        return f"paper {format_number(value)}"
-    return f"paper {format_number(value)} ({format_delta(published_delta(mean, value))})"
+    tag = marker(published, method, task, markers or {})
+    return f"paper {format_number(value)}{tag}{comparison_text(comparison(cell, method, task, published, metric))}"
 
 
-def format_cell(cell: Cell | None, method: str, task: str, published: PublishedResults, metric: Metric) -> str:
+def format_cell(
+    cell: Cell | None, method: str, task: str, published: PublishedResults, metric: Metric, markers: Markers | None = None
+) -> str:
     """A table cell: our result, then the published number on a second line."""
     ours = ours_text(cell) if cell is not None else ""
-    paper = paper_text(method, task, cell.mean if cell is not None else None, published, metric)
+    paper = paper_text(method, task, cell, published, metric, markers)
     return "<br>".join(part for part in (ours, paper) if part)
 
 
-def measured_teacher_cell(values: Sequence[float], task: str, published: PublishedResults) -> str:
-    """The teacher checkpoint's accuracy as the runs measured it, against the published teacher."""
+def measured_teacher_cell(
+    values: Sequence[float], task: str, published: PublishedResults, markers: Markers | None = None
+) -> str:
+    """The teacher checkpoint's accuracy as the runs measured it, against the published teacher.
+
+    The checkpoint is the published teacher itself, evaluated again: the difference checks the file, not a protocol.
+    """
     if not values:
         return ""
     ours = format_number(values[0])
@@ -261,9 +332,10 @@ def measured_teacher_cell(values: Sequence[float], task: str, published: Publish
     paper = published.teacher_top1(task)
     if paper is None:
         return ours
+    tag = marker(published, "teacher", task, markers or {})
     if len(values) == 1:
-        return f"{ours}<br>paper {format_number(paper)} ({format_delta(published_delta(values[0], paper))})"
-    return f"{ours}<br>paper {format_number(paper)}"
+        return f"{ours}<br>paper {format_number(paper)}{tag} ({format_delta(published_delta(values[0], paper))})"
+    return f"{ours}<br>paper {format_number(paper)}{tag}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -279,53 +351,105 @@ def results_table(
     all_tasks: bool = False,
     teachers_measured: Mapping[str, Sequence[float]] | None = None,
 ) -> str:
-    """The main table: tasks as columns, methods as rows (plus the measured teacher checkpoints, if any)."""
+    """The main table: tasks as columns, methods as rows (plus the measured teacher checkpoints, if any).
+
+    Under it, the legend of the letters that tag the published numbers with their protocols.
+    """
     tasks = task_order((task for _, task in cells), all_tasks)
-    archs = {task: (cell.teacher_arch, cell.student_arch) for (_, task), cell in cells.items()}
-    header = ["Method", *(header_cell(task, archs.get(task), published) for task in tasks)]
     methods = method_order(method for method, _ in cells)
+    markers = protocol_markers(shown_protocols(methods, tasks, published))
+    archs = {task: (cell.teacher_arch, cell.student_arch) for (_, task), cell in cells.items()}
+    header = ["Method", *(header_cell(task, archs.get(task), published, markers) for task in tasks)]
     rows = [
         [method_title(method, published)]
-        + [format_cell(cells.get((method, task)), method, task, published, metric) for task in tasks]
+        + [format_cell(cells.get((method, task)), method, task, published, metric, markers) for task in tasks]
         for method in methods
     ]
-    measured = measured_row(tasks, published, teachers_measured or {})
+    measured = measured_row(tasks, published, teachers_measured or {}, markers)
     if measured:
         at = methods.index(TEACHER_METHOD) + 1 if TEACHER_METHOD in methods else 0
         rows.insert(at, measured)
-    return markdown_table(header, rows)
+    legend = protocols_legend(markers, methods, tasks, published, metric)
+    return markdown_table(header, rows) + (f"\n\n{legend}" if legend else "")
+
+
+def protocols_legend(
+    markers: Markers, methods: Sequence[str], tasks: Sequence[str], published: PublishedResults, metric: Metric
+) -> str:
+    """What each letter means, which rows use it, and our own protocol, so that no two protocols pass for one."""
+    if not markers:
+        return ""
+    users: dict[ProtocolKey, list[str]] = defaultdict(list)
+    for row in ("teacher", "vanilla", *methods):
+        for task in tasks:
+            protocol = published.protocol(row, task)
+            if protocol is not None and published.top1(row, task) is not None and protocol.key() in markers:
+                label = published.label(row)
+                if label not in users[protocol.key()]:
+                    users[protocol.key()].append(label)
+    by_key = {protocol.key(): protocol for protocol in shown_protocols(methods, tasks, published)}
+    ours = "last epoch (`final_top1`)" if metric == "final" else "best epoch (`best_top1`, selected on the test set)"
+    lines = [
+        "Protocols of the published numbers (the letter after each; notes in `distill/benchmark/published.yaml`). "
+        f"Ours: {ours}, one view, the epochs and the number of finished runs (n) each cell says. A difference is "
+        "printed only where the protocols match; \"no \u0394\" says what the paper did differently.",
+        "",
+    ]
+    for key, letter in markers.items():
+        lines.append(f"- [{letter}] {by_key[key].describe()}: {', '.join(users[key])}.")
+    return "\n".join(lines)
 
 
 def measured_row(
-    tasks: Sequence[str], published: PublishedResults, teachers_measured: Mapping[str, Sequence[float]]
+    tasks: Sequence[str],
+    published: PublishedResults,
+    teachers_measured: Mapping[str, Sequence[float]],
+    markers: Markers | None = None,
 ) -> list[str] | None:
     """The "teacher checkpoint (measured)" row, or None when no run of these tasks measured its teacher."""
     if not any(teachers_measured.get(task) for task in tasks):
         return None
     return ["Teacher checkpoint (measured)"] + [
-        measured_teacher_cell(teachers_measured.get(task, ()), task, published) for task in tasks
+        measured_teacher_cell(teachers_measured.get(task, ()), task, published, markers) for task in tasks
     ]
 
 
-def delta_summary(cells: Mapping[CellKey, Cell], published: PublishedResults) -> str:
-    """Per method, how far our means are from the paper on average over the tasks that have both numbers."""
+def delta_summary(cells: Mapping[CellKey, Cell], published: PublishedResults, metric: Metric = "final") -> str:
+    """Per method, how far our means are from the paper on average over the tasks whose protocols allow it.
+
+    Only the differences the table prints are averaged; the tasks whose difference is
+    withheld are counted with the reason, and a caveat (the paper's epoch unstated) is repeated.
+    """
     deltas: dict[str, list[float]] = defaultdict(list)
+    caveats: dict[str, set[str]] = defaultdict(set)
+    withheld: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for (method, task), cell in cells.items():
-        paper = published.top1(method, task)
-        if cell.mean is not None and paper is not None:
-            deltas[method].append(published_delta(cell.mean, paper))
-    rows = [
-        [
-            method_title(method, published),
-            str(len(deltas[method])),
-            format_delta(statistics.fmean(deltas[method])),
-            f"{format_delta(min(deltas[method]))} \u2026 {format_delta(max(deltas[method]))}",
-        ]
-        for method in method_order(deltas)
-    ]
+        result = comparison(cell, method, task, published, metric)
+        if result is None:
+            continue
+        if result.delta is None:
+            withheld[method][result.caveat] += 1
+            continue
+        deltas[method].append(result.delta)
+        if result.caveat:
+            caveats[method].add(result.caveat)
+    rows = []
+    for method in method_order([*deltas, *withheld]):
+        values = deltas.get(method, [])
+        notes = sorted(caveats.get(method, ()))
+        notes += [f"{count} task(s) not compared ({reason})" for reason, count in withheld.get(method, {}).items()]
+        rows.append(
+            [
+                method_title(method, published),
+                str(len(values)),
+                format_delta(statistics.fmean(values)) if values else NO_VALUE,
+                f"{format_delta(min(values))} \u2026 {format_delta(max(values))}" if values else NO_VALUE,
+                "; ".join(notes),
+            ]
+        )
     if not rows:
         return ""
-    return markdown_table(["Method", "tasks compared", "mean difference", "range"], rows)
+    return markdown_table(["Method", "tasks compared", "mean difference", "range", "protocol"], rows)
 
 
 def title_block(metric: Metric, published: PublishedResults) -> str:
@@ -337,13 +461,15 @@ def title_block(metric: Metric, published: PublishedResults) -> str:
         )
     else:
         what = (
-            "**Metric: BEST-epoch top-1, selected on the test set \u2014 not comparable to the papers.** "
-            "The best epoch is picked by looking at test accuracy, which flatters every run; the papers "
-            "report the last epoch. Published numbers are shown for reference, without a difference."
+            "**Metric: BEST-epoch top-1, selected on the test set \u2014 not comparable to last-epoch numbers.** "
+            "The best epoch is picked by looking at test accuracy, which flatters every run. A difference is "
+            "printed only beside published numbers that are best-epoch too (or do not say, labelled so); "
+            "the CRD paper's are last-epoch and are shown for reference, without one."
         )
     legend = (
         "Cells: mean \u00b1 sample standard deviation (n\u22121) over the finished runs "
-        f"(n = how many; {NO_VALUE} when n=1), then the published number and, in brackets, ours \u2212 paper. "
+        f"(n = how many; {NO_VALUE} when n=1), then the published number with its protocol's letter "
+        "(legend under the table) and, in brackets, ours \u2212 paper where the protocols match. "
         "Runs without summary.json are incomplete: counted (`+k incomplete`), never averaged; runs an error "
         "ended are counted apart (`+k failed`) and listed under Failed runs. "
         "Column headers: teacher \u2192 student, with the published accuracies of the teacher (T) and "
@@ -438,10 +564,9 @@ def render_markdown(
         title_block(metric, published),
         results_table(cells, published, metric, all_tasks, measured_teachers(records)),
     ]
-    if metric == "final":
-        summary = delta_summary(cells, published)
-        if summary:
-            parts.append("## Difference to the paper, per method (ours \u2212 paper)\n\n" + summary)
+    summary = delta_summary(cells, published, metric)
+    if summary:
+        parts.append("## Difference to the paper, per method (ours \u2212 paper, same protocol only)\n\n" + summary)
     parts += [incomplete_section(records), failed_section(records), figures_section(figures)]
     return "\n\n".join(part for part in parts if part) + "\n"
 
@@ -453,7 +578,7 @@ def _csv_number(value: float | None, digits: int) -> str:
 def csv_rows(
     cells: Mapping[CellKey, Cell], published: PublishedResults, metric: Metric = "final"
 ) -> list[dict[str, str]]:
-    """One row per (method, task) in table order; ``delta`` only under the last-epoch metric (same protocol)."""
+    """One row per (method, task) in table order, with both protocols; ``delta`` only where :func:`compare` gives one."""
     rows = []
     tasks = task_order(task for _, task in cells)
     for method in method_order(method for method, _ in cells):
@@ -463,9 +588,9 @@ def csv_rows(
                 continue
             paper = published.top1(method, task)
             source = published.source(method)
-            delta = None
-            if metric == "final" and cell.mean is not None and paper is not None:
-                delta = published_delta(cell.mean, paper)
+            protocol = published.protocol(method, task)
+            result = comparison(cell, method, task, published, metric)
+            ours = our_protocol(cell, metric)
             rows.append(
                 {
                     "method": method,
@@ -479,12 +604,31 @@ def csv_rows(
                     "seeds": " ".join("?" if seed is None else str(seed) for seed in cell.seeds),
                     "mean": _csv_number(cell.mean, 4),
                     "std": _csv_number(cell.std, 4),
+                    "epoch": ours.epoch,
+                    "epochs": " ".join(map(str, ours.epochs)),
+                    "views": str(ours.views),
                     "published": _csv_number(paper, 2),
-                    "delta": _csv_number(delta, 2),
+                    "delta": _csv_number(result.delta if result is not None else None, 2),
+                    "comparison": result.kind if result is not None else "",
+                    "comparison_note": result.caveat if result is not None else "",
+                    **published_protocol_columns(protocol),
                     "published_source": f"{source.key}: {source.citation()}" if source is not None else "",
                 }
             )
     return rows
+
+
+def published_protocol_columns(protocol: Protocol | None) -> dict[str, str]:
+    """The ``published_*`` protocol columns of a CSV row (empty for a method without a published row)."""
+    if protocol is None:
+        return {"published_epoch": "", "published_epochs": "", "published_views": "", "published_runs": "", "published_protocol": ""}
+    return {
+        "published_epoch": protocol.epoch,
+        "published_epochs": str(protocol.epochs),
+        "published_views": str(protocol.views),
+        "published_runs": "" if protocol.runs is None else str(protocol.runs),
+        "published_protocol": protocol.describe(),
+    }
 
 
 def write_csv(path: Path, cells: Mapping[CellKey, Cell], published: PublishedResults, metric: Metric = "final") -> Path:
