@@ -46,8 +46,16 @@ def write_run(
     best: float | None = None,
     epochs: int = 240,
     teacher_top1: float | None = None,
+    seconds: float | None = None,
+    epoch_seconds: float | None = None,
+    device: str | None = None,
+    processes: int = 1,
 ) -> Path:
-    """A run directory as ``distill train`` leaves it; ``final=None`` leaves it unfinished (no summary.json)."""
+    """A run directory as ``distill train`` leaves it; ``final=None`` leaves it unfinished (no summary.json).
+
+    ``seconds`` goes into summary.json, ``epoch_seconds`` into each epoch row (``time/epoch_s``), ``device`` and
+    ``processes`` into run.json (none of them by default, as in runs from before they were recorded).
+    """
     directory.mkdir(parents=True)
     recipe = {
         "name": name,
@@ -63,10 +71,15 @@ def write_run(
         rows.append({"epoch": 0, "teacher/top1": teacher_top1, "teacher/top5": 95.0})
     rows.append({"stage": "init", "init/epoch": 1, "init/loss/ft": 0.5})
     rows += [{"epoch": e, "lr": 0.05, "train/loss/total": 1.0, "test/top1": v, "test/top5": 90.0} for e, v in enumerate(curve, 1)]
+    if epoch_seconds is not None:
+        rows = [{**row, "time/epoch_s": epoch_seconds} if row.get("epoch", 0) >= 1 else row for row in rows]
     (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    (directory / "run.json").write_text(json.dumps({"seed": seed}), encoding="utf-8")
+    info = {"seed": seed} if device is None else {"seed": seed, "device": device, "num_processes": processes}
+    (directory / "run.json").write_text(json.dumps(info), encoding="utf-8")
     if final is not None:
         summary = {"final_top1": final, "final_top5": 90.0, "best_top1": best, "best_epoch": 3, "epochs": epochs}
+        if seconds is not None:
+            summary["seconds"] = seconds
         (directory / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     return directory
 
@@ -505,6 +518,51 @@ def test_csv_has_both_protocols_and_the_comparison(tmp_path):
     assert (ls["delta"], ls["comparison"], ls["comparison_note"]) == ("", "withheld", "paper: best epoch")
     assert (ls["published_runs"], ls["published_protocol"]) == ("4", "best epoch, 240 epochs, 1 view, mean of 4 runs")
     assert (mlkd["published_views"], mlkd["published_epochs"]) == ("2", "480")
+
+
+# --- run cost -------------------------------------------------------------------------------------------
+
+
+def test_wall_time_and_device_are_read_from_the_run_directory(tmp_path):
+    done = write_run(tmp_path / "done", f"cifar100/kd/{VGG}", "vgg8", "vgg13", 0, [70.0], 70.0, 70.0, seconds=7200.0,
+                     epoch_seconds=1.0, device="cuda:0", processes=2)  # fmt: skip
+    running = write_run(tmp_path / "running", f"cifar100/kd/{VGG}", "vgg8", "vgg13", 1, [60.0, 61.0, 62.0],
+                        epoch_seconds=30.0, device="cpu")  # fmt: skip
+    old = write_run(tmp_path / "old", f"cifar100/kd/{VGG}", "vgg8", "vgg13", 2, [70.0], 70.0, 70.0)
+    with (running / "metrics.jsonl").open("a") as file:  # a resumed run logs its epoch 3 again: counted once
+        file.write(json.dumps({"epoch": 3, "test/top1": 62.5, "time/epoch_s": 40.0}) + "\n")
+    records = {r.path: r for r in find_runs([tmp_path])}
+    assert (records[done].wall_seconds, records[done].device, records[done].num_processes) == (7200.0, "cuda:0", 2)
+    assert records[done].cost.device_hours == 4.0 and records[done].cost.kind == "GPU"
+    assert (records[running].wall_seconds, records[running].device, records[running].num_processes) == (100.0, "cpu", 1)
+    assert records[running].cost.kind == "CPU"
+    assert (records[old].wall_seconds, records[old].device, records[old].cost) == (None, None, None)
+
+
+def test_cells_show_mean_wall_time_and_device_hours_labelled_by_kind(tmp_path):
+    for seed, seconds in enumerate((7000.0, 7400.0)):
+        write_run(tmp_path / f"g{seed}", f"cifar100/kd/{VGG}", "vgg8", "vgg13", seed, [70.0], 70.0, 70.0, seconds=seconds,
+                  device="cuda:0", processes=2)  # fmt: skip
+    write_run(tmp_path / "gpu_only", f"cifar100/crd/{VGG}", "vgg8", "vgg13", 0, [74.0], 74.0, 74.0, seconds=3600.0, device="cuda:1")
+    write_run(tmp_path / "c0", f"cifar100/crd/{VGG}", "vgg8", "vgg13", 1, [74.0], 74.0, 74.0, seconds=36000.0, device="cpu", processes=4)
+    write_run(tmp_path / "r", f"cifar100/crd/{VGG}", "vgg8", "vgg13", 2, [30.0], epoch_seconds=90.0, device="cpu")
+    records = find_runs([tmp_path])
+    cells = aggregate(records)
+    table = results_table(cells, load_published())
+    assert "70.00 \u00b1 0.00 (n=2)<br>cost 2.00 h, 4 GPU-h per run<br>paper" in table
+    assert "cost 1.00 h, 1 GPU-h per run (n=1); 10.00 h, 40 CPU-h per run (n=1)<br>paper" in table  # never added up
+    assert "crd / vgg13-vgg8, seed 2: epoch 1/240, 1.5 min so far" in render_markdown(records, load_published())
+    rows = {r["method"]: r for r in csv_rows(cells, load_published())}
+    kd, crd = rows["kd"], rows["crd"]
+    assert (kd["gpu_runs"], kd["gpu_wall_s_mean"], kd["gpu_hours_per_run"]) == ("2", "7200.0", "4.0000")
+    assert (kd["cpu_runs"], kd["cpu_wall_s_mean"], kd["cpu_hours_per_run"]) == ("", "", "")
+    assert (crd["gpu_runs"], crd["gpu_hours_per_run"], crd["cpu_runs"], crd["cpu_hours_per_run"]) == ("1", "1.0000", "1", "40.0000")
+
+
+def test_runs_without_a_device_show_their_wall_time_only(tmp_path):
+    write_run(tmp_path / "a", f"cifar100/kd/{VGG}", "vgg8", "vgg13", 0, [70.0], 70.0, 70.0, seconds=42.0)
+    table = results_table(aggregate(find_runs([tmp_path])), load_published())
+    assert "<br>cost 42 s per run (unknown device)<br>paper" in table
 
 
 # --- figures and the CLI -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from distill.benchmark.comparison import OURS_EPOCH, Comparison, OurProtocol, compare, published_delta
+from distill.benchmark.cost import CPU, GPU, CostGroup, RunCost, cost_groups, format_duration
 from distill.benchmark.published import Protocol, PublishedResults
 from distill.benchmark.runs import TEACHER_METHOD, RunRecord
 from distill.benchmark.tasks import TASKS
@@ -53,10 +54,13 @@ CSV_COLUMNS = (
     "method", "task", "teacher", "student", "metric", "n_complete", "n_incomplete", "n_failed", "seeds",
     "mean", "std", "epoch", "epochs", "views", "published", "delta", "comparison", "comparison_note",
     "published_epoch", "published_epochs", "published_views", "published_runs", "published_protocol",
-    "published_source",
+    "published_source", "gpu_runs", "gpu_wall_s_mean", "gpu_hours_per_run", "cpu_runs", "cpu_wall_s_mean",
+    "cpu_hours_per_run",
 )  # fmt: skip
 """``epoch``/``epochs``/``views``: our protocol; ``published_*``: the source's; ``comparison``: same protocol,
-labelled or withheld (``delta`` is empty when withheld), ``comparison_note`` says why."""
+labelled or withheld (``delta`` is empty when withheld), ``comparison_note`` says why. ``gpu_*``/``cpu_*``:
+the cost of the finished runs per kind of device (wall × processes / 3600 per run; runs whose device was not
+recorded are in neither)."""
 
 CellKey = tuple[str, str]
 ProtocolKey = tuple[int, int, str, int | None]
@@ -81,6 +85,13 @@ class Cell:
     """Distinct epoch counts of the finished runs."""
     failed_seeds: tuple[int | None, ...] = ()
     """Seeds of the runs an error ended (see :attr:`RunRecord.failed`)."""
+    costs: tuple[RunCost, ...] = ()
+    """Wall time and device of the finished runs that recorded one."""
+
+    @property
+    def cost_groups(self) -> list[CostGroup]:
+        """The finished runs' cost per kind of device (GPU-hours and CPU-hours are never added together)."""
+        return cost_groups(self.costs)
 
     @property
     def n_complete(self) -> int:
@@ -159,6 +170,7 @@ def aggregate(records: Iterable[RunRecord], metric: Metric = "final") -> dict[Ce
             incomplete_seeds=tuple(r.seed for r in group if record_value(r, metric) is None and not r.failed),
             epochs=tuple(sorted({epochs for _, _, epochs in finished})),
             failed_seeds=tuple(r.seed for r in group if r.failed),
+            costs=tuple(r.cost for r in group if record_value(r, metric) is not None and r.cost is not None),
         )
     return cells
 
@@ -271,7 +283,29 @@ def ours_text(cell: Cell) -> str:
     if cell.epochs and cell.epochs != (REFERENCE_EPOCHS,):
         unit = "epoch" if cell.epochs == (1,) else "epochs"
         text += f"<br>{', '.join(map(str, cell.epochs))} {unit} (paper: {REFERENCE_EPOCHS})"
-    return text
+    cost = cost_text(cell)
+    return text + (f"<br>{cost}" if cost else "")
+
+
+def cost_text(cell: Cell) -> str:
+    """``cost 2.41 h, 4.82 GPU-h per run``: mean wall time and device-hours of the finished runs, per kind of device.
+
+    Runs on GPUs and on CPUs are shown apart, each with its count (``GPU ... (n=2); CPU ... (n=1)``);
+    runs that did not record their device show their wall time only.
+    """
+    groups = cell.cost_groups
+    parts = []
+    for group in groups:
+        text = format_duration(group.wall_seconds)
+        if group.device_hours is not None:
+            text += f", {group.device_hours:.3g} {group.unit}"
+        text += " per run"
+        if group.device_hours is None:
+            text += f" ({group.kind})"
+        if len(groups) > 1 or group.runs != cell.n_complete:
+            text += f" (n={group.runs})"
+        parts.append(text)
+    return "cost " + "; ".join(parts) if parts else ""
 
 
 def comparison(cell: Cell | None, method: str, task: str, published: PublishedResults, metric: Metric) -> Comparison | None:
@@ -473,7 +507,8 @@ def title_block(metric: Metric, published: PublishedResults) -> str:
         "Runs without summary.json are incomplete: counted (`+k incomplete`), never averaged; runs an error "
         "ended are counted apart (`+k failed`) and listed under Failed runs. "
         "Column headers: teacher \u2192 student, with the published accuracies of the teacher (T) and "
-        "of the student trained alone (S)."
+        "of the student trained alone (S). `cost`: mean wall time of the finished runs and device-hours "
+        "per run (wall \u00d7 processes / 3600), GPU-h and CPU-h apart, never added together."
     )
     return "\n\n".join(["# CIFAR-100 benchmark report", what, legend, sources_legend(published)])
 
@@ -513,7 +548,8 @@ def incomplete_section(records: Iterable[RunRecord]) -> str:
     for record in records:
         if record.complete or record.failed:
             continue
-        lines.append(f"- {run_label(record)}: epoch {progress(record)} \u2014 `{record.path}`")
+        spent = f", {format_duration(record.wall_seconds)} so far" if record.wall_seconds is not None else ""
+        lines.append(f"- {run_label(record)}: epoch {progress(record)}{spent} \u2014 `{record.path}`")
     if not lines:
         return ""
     return "## Incomplete runs (not averaged)\n\n" + "\n".join(lines)
@@ -613,9 +649,23 @@ def csv_rows(
                     "comparison_note": result.caveat if result is not None else "",
                     **published_protocol_columns(protocol),
                     "published_source": f"{source.key}: {source.citation()}" if source is not None else "",
+                    **cost_columns(cell),
                 }
             )
     return rows
+
+
+def cost_columns(cell: Cell) -> dict[str, str]:
+    """The ``gpu_*`` and ``cpu_*`` columns of a CSV row (empty for a kind no finished run used)."""
+    groups = {group.kind: group for group in cell.cost_groups}
+    columns = {}
+    for kind in (GPU, CPU):
+        group = groups.get(kind)
+        prefix = kind.lower()
+        columns[f"{prefix}_runs"] = str(group.runs) if group else ""
+        columns[f"{prefix}_wall_s_mean"] = _csv_number(group.wall_seconds if group else None, 1)
+        columns[f"{prefix}_hours_per_run"] = _csv_number(group.device_hours if group else None, 4)
+    return columns
 
 
 def published_protocol_columns(protocol: Protocol | None) -> dict[str, str]:

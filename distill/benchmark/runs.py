@@ -1,10 +1,11 @@
 """Reading the run directories that ``distill train`` writes, for reports.
 
-A run directory holds ``recipe.yaml`` (the resolved recipe), ``metrics.jsonl`` (one
-JSON row per record), ``outcome.json`` (how its last process ended) and, once
-training finished, ``summary.json``. This module turns each into a :class:`RunRecord`:
-which method and benchmark task the run belongs to, whether it finished or an error
-ended it, its accuracies and its test-accuracy curve.
+A run directory holds ``recipe.yaml`` (the resolved recipe), ``run.json`` (versions,
+device, processes), ``metrics.jsonl`` (one JSON row per record), ``outcome.json`` (how
+its last process ended) and, once training finished, ``summary.json``. This module
+turns each into a :class:`RunRecord`: which method and benchmark task the run belongs
+to, whether it finished or an error ended it, its accuracies, its test-accuracy curve
+and what it cost (wall time, device, processes).
 
 A damaged run must not sink a report over hundreds of others, so unreadable
 files skip that run with a warning that names the file.
@@ -20,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distill.benchmark.cost import RunCost
 from distill.benchmark.tasks import TASKS
 from distill.errors import DistillError
 from distill.files.rundir import (
     OUTCOME_FILE,
     RECIPE_FILE,
+    RUN_INFO_FILE,
     SUMMARY_FILE,
     MetricsFileError,
     RunOutcome,
@@ -75,6 +78,17 @@ class RunRecord:
     """How the run's last process ended (``outcome.json``); None for runs from before it was recorded."""
     recipe_missing: bool = False
     """An error ended the run before it wrote ``recipe.yaml``: method, task and archs are unknown (empty)."""
+    wall_seconds: float | None = None
+    """Training wall time: ``summary.json``'s ``seconds`` once finished, else the sum of the logged epoch times."""
+    device: str | None = None
+    """``run.json``'s ``device`` (``cuda:0``, ``cpu``); None when not recorded."""
+    num_processes: int | None = None
+    """``run.json``'s ``num_processes``: how many devices trained the run together."""
+
+    @property
+    def cost(self) -> RunCost | None:
+        """The run's wall time and device, or None when no wall time was recorded."""
+        return None if self.wall_seconds is None else RunCost(self.wall_seconds, self.device, self.num_processes)
 
     @property
     def failed(self) -> bool:
@@ -148,6 +162,39 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     return data
 
 
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """``run.json``, or an empty mapping for a run without one (older runs, or one that is just starting)."""
+    path = run_dir / RUN_INFO_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunReadError(f"{path}: cannot be read: {error}") from None
+    if not isinstance(data, dict):
+        raise RunReadError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def wall_seconds(summary: Mapping[str, Any] | None, rows: Iterable[Mapping[str, Any]]) -> float | None:
+    """A finished run's ``seconds`` (summary.json); else the logged ``time/epoch_s``, summed once per epoch.
+
+    A resumed run logs an epoch again; the latest row of each epoch counts, as in the curve.
+    """
+    if summary is not None and _is_number(summary.get("seconds")):
+        return float(summary["seconds"])
+    by_epoch: dict[int, float] = {}
+    for row in rows:
+        epoch, seconds = row.get("epoch"), row.get("time/epoch_s")
+        if row.get("stage") != "init" and _is_number(epoch) and _is_number(seconds):
+            by_epoch[int(epoch)] = float(seconds)
+    return sum(by_epoch.values()) if by_epoch else None
+
+
+def _positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -185,6 +232,7 @@ def read_run(run_dir: Path) -> RunRecord:
     seed = recipe.get("seed")
     rows = read_metric_rows(run_dir)
     summary = read_summary(run_dir)
+    info = read_run_info(run_dir)
     curve = top1_curve(rows)
     method, task = classify(name, teacher, student)
     epochs_done = max((epoch for epoch, _ in curve), default=0)
@@ -209,6 +257,9 @@ def read_run(run_dir: Path) -> RunRecord:
         curve=curve,
         teacher_top1_measured=measured_teacher_top1(rows),
         outcome=read_outcome(run_dir),
+        wall_seconds=wall_seconds(summary, rows),
+        device=info["device"] if isinstance(info.get("device"), str) else None,
+        num_processes=_positive_int(info.get("num_processes")),
     )
 
 
