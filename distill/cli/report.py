@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Collect the runs under RUNS (searched recursively) and write DIR/report.md, DIR/report.csv "
             "and DIR/figures/<task>.png: one column per CRD task, one row per method, each cell our "
-            "mean ± std over seeds beside the published number."
+            "mean ± std over seeds beside the published number, tagged with its protocol."
         ),
     )
     parser.add_argument("runs", nargs="+", metavar="RUNS", help="run directories, or folders that contain them")
@@ -29,7 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--metric",
         choices=METRICS,
         default="final",
-        help="final: last-epoch top-1, the papers' protocol (default); best: best epoch, chosen on the test set",
+        help=(
+            "final: last-epoch top-1, the CRD paper's protocol (default); best: best epoch, chosen on the test set. "
+            "Either is compared only with published numbers of the same protocol"
+        ),
     )
     parser.add_argument("--all-tasks", action="store_true", help="a column for each of the 13 tasks, even without runs")
     parser.add_argument("--no-figures", action="store_true", help="do not draw the learning curves")
