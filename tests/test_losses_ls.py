@@ -9,11 +9,14 @@ re-derive every number without torch.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
+from distill.benchmark.tasks import TASKS
 from distill.losses import LOSSES, Batch, LossContext, build_loss, loss_parameters
 from distill.losses.dkd import dkd_loss
 from distill.losses.kd import kd_divergence
@@ -186,3 +189,46 @@ def test_the_switch_is_off_by_default_and_the_form_is_checked(name):
     with pytest.raises(ValueError, match="'code' or 'paper'"):
         build_loss(name, context(10), {"standardize": True, "standardize_form": "population"})
     assert "standardize" in repr(build_loss(name, context(10), {"standardize": True}))
+
+
+# ---------------------------------------------------------------- recipe fragments
+
+BASE = Path(__file__).resolve().parent.parent / "recipes" / "cifar100" / "_base_"
+UNPUBLISHED = {"ResNet50-vgg8", "resnet32x4-ShuffleV1", "wrn_40_2-ShuffleV1"}
+# The reference sheet's §1.3 table (from the LSKD log names): KD+LS (τ, w) and DKD+LS (τ, w, BETA_cfg);
+# the three tasks without a published run take the authors' default (τ 2, w 9; BETA_cfg 8 as in _base_/dkd/).
+KD_LS = {
+    "wrn_40_2-wrn_16_2": (2, 9), "wrn_40_2-wrn_40_1": (2, 9), "resnet56-resnet20": (2, 9),
+    "resnet110-resnet20": (4, 12), "resnet110-resnet32": (2, 9), "resnet32x4-resnet8x4": (2, 9),
+    "vgg13-vgg8": (3, 9), "vgg13-MobileNetV2": (3, 9), "ResNet50-MobileNetV2": (3, 1),
+    "resnet32x4-ShuffleV2": (2, 9), "ResNet50-vgg8": (2, 9), "resnet32x4-ShuffleV1": (2, 9), "wrn_40_2-ShuffleV1": (2, 9),
+}
+DKD_LS = {
+    "wrn_40_2-wrn_16_2": (2, 12, 2), "wrn_40_2-wrn_40_1": (2, 12, 2), "resnet56-resnet20": (3, 18, 2),
+    "resnet110-resnet20": (2, 15, 2), "resnet110-resnet32": (2, 15, 2), "resnet32x4-resnet8x4": (2, 9, 8),
+    "vgg13-vgg8": (2, 15, 2), "vgg13-MobileNetV2": (3, 9, 2), "ResNet50-MobileNetV2": (2, 15, 2),
+    "resnet32x4-ShuffleV2": (2, 9, 8), "ResNet50-vgg8": (2, 9, 8), "resnet32x4-ShuffleV1": (2, 9, 8), "wrn_40_2-ShuffleV1": (2, 9, 8),
+}
+
+
+@pytest.mark.parametrize("task", [task.name for task in TASKS])
+def test_the_kd_ls_fragment_holds_the_authors_settings(task):
+    text = (BASE / "kd_ls" / f"{task}.yaml").read_text()
+    assert text.startswith("# Source: ") and (("no published run" in text) == (task in UNPUBLISHED))
+    tau, w = KD_LS[task]
+    assert yaml.safe_load(text) == {"losses": {
+        "ce": {"weight": 0.1},
+        "kd": {"weight": w, "temperature": tau, "standardize": True, "standardize_form": "code"},
+    }}
+
+
+@pytest.mark.parametrize("task", [task.name for task in TASKS])
+def test_the_dkd_ls_fragment_multiplies_both_dkd_weights_by_w(task):
+    text = (BASE / "dkd_ls" / f"{task}.yaml").read_text()
+    assert text.startswith("# Source: ") and (("no published run" in text) == (task in UNPUBLISHED))
+    tau, w, beta_cfg = DKD_LS[task]
+    assert yaml.safe_load(text) == {"losses": {
+        "ce": {"weight": 1.0},
+        "dkd": {"weight": 1.0, "alpha": 1.0 * w, "beta": beta_cfg * w, "temperature": tau, "warmup": 20,
+                "standardize": True, "standardize_form": "code"},
+    }}
