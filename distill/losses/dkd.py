@@ -179,7 +179,7 @@ class DKDLoss(DistillLoss):
 
     def summary(self) -> str:
         return (
-            f"dkd: alpha={self.alpha}, beta={self.beta}, T={self.temperature}, "
+            f"alpha={self.alpha}, beta={self.beta}, T={self.temperature}, "
             f"linear warm-up over {self.warmup} epochs"
             + (f", logit standardization ({self.standardize_form} form)" if self.standardize else "")
         )

@@ -71,6 +71,11 @@ class KDLoss(DistillLoss):
             teacher_logits = standardize_as(teacher_logits.detach(), self.standardize_form)
         return kd_divergence(student_logits, teacher_logits, self.temperature)
 
+    def summary(self) -> str | None:
+        if not self.standardize:
+            return None  # plain KD: nothing beyond the recipe's line to report
+        return f"T={self.temperature}, logit standardization ({self.standardize_form} form)"
+
     def extra_repr(self) -> str:
         if self.standardize:
             return f"temperature={self.temperature}, standardize={self.standardize_form!r}"
