@@ -73,7 +73,7 @@ def test_kd_rejects_a_non_positive_temperature():
 
 def test_loss_parameters_come_from_the_signature():
     params = loss_parameters(LOSSES.get("kd"))
-    assert list(params) == ["temperature"]
+    assert list(params) == ["temperature", "standardize", "standardize_form"]
     assert params["temperature"].annotation is float and params["temperature"].default == 4.0
     assert not LOSSES.get("ce").requires_teacher and LOSSES.get("kd").requires_teacher
 

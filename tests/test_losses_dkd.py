@@ -178,7 +178,9 @@ def test_zero_for_identical_logits_and_finite_for_a_saturated_teacher():
 
 def test_parameters_and_validation():
     params = loss_parameters(LOSSES.get("dkd"))
-    assert {name: p.default for name, p in params.items()} == {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20}
+    assert {name: p.default for name, p in params.items()} == {
+        "alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20, "standardize": False, "standardize_form": "code"
+    }
     assert params["warmup"].annotation is int and params["beta"].annotation is float
     assert LOSSES.get("dkd").requires_teacher
     for bad in ({"temperature": 0.0}, {"warmup": -1}, {"beta": -1.0}):

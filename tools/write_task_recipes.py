@@ -72,6 +72,16 @@ METHODS["dkd"] = (
     "DKD (Zhao et al. 2022): {teacher} → {student}, CE + DKD with the authors' per-task settings (mdistiller)",
 )
 
+# Logit standardization (Sun et al., CVPR 2024) on KD and DKD: (τ, w) per task from the authors' logs,
+# so per-task fragments; three tasks have no published run and get the authors' default (τ 2, w 9).
+LS_UNPUBLISHED = ("ResNet50-vgg8", "resnet32x4-ShuffleV1", "wrn_40_2-ShuffleV1")
+for _name, _label, _terms in (("kd_ls", "KD+LS", "0.1·CE + w·KD"), ("dkd_ls", "DKD+LS", "CE + DKD with alpha = w, beta = β_cfg·w")):
+    METHODS[_name] = (
+        (f"{_name}/{{task}}",),
+        True,
+        f"{_label} (Sun et al. 2024): {{teacher}} → {{student}}, {_terms} on z-scored logits, {{ls_source}}",
+    )
+
 # InfoMin-style views (data.views): the teacher keeps the standard view, the student sees a stronger one.
 for _name, _label in (("crd", "CRD"), ("ml_cpc", "ML-CPC")):
     METHODS[f"{_name}_infomin"] = (
@@ -106,7 +116,8 @@ def task_recipe(method: str, teacher: str, student: str) -> str:
     bases = ["../_base_/cifar100.yaml", *(f"../_base_/{fragment.format(task=task)}.yaml" for fragment in fragments)]
     if uses_teacher:
         bases.insert(1, f"../_base_/teacher/{teacher}.yaml")
-    description = template.format(teacher=teacher, student=student, task=task)
+    ls_source = "no published run: the authors' default τ=2, w=9" if task in LS_UNPUBLISHED else "the authors' (τ, w) for this task"
+    description = template.format(teacher=teacher, student=student, task=task, ls_source=ls_source)
     return (
         f"_base_: [{', '.join(bases)}]\n"
         f'description: "{description}"\n'

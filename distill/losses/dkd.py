@@ -42,6 +42,14 @@ non-target log-distribution is log p_j − log(1 − p_t), with the target entry
 replaced by a constant 0 in teacher and student alike (so it adds exactly
 nothing and no inf or NaN can reach the gradient, however confident the
 teacher). The result equals the authors' formula up to rounding.
+
+With ``standardize: true`` this is DKD+LS (Sun et al., "Logit Standardization in
+Knowledge Distillation", CVPR 2024): both logit sets are z-scored per sample
+(:mod:`distill.losses.logit_standardization`) and then enter the DKD above at T = τ,
+as in the authors' ``mdistiller/distillers/DKD.py`` L12–39, L73–93
+(logit-standardization-KD@f6e5aa5). Their LS switch multiplies both DKD weights by
+the KD weight w (α = 1·w, β = β_cfg·w) and keeps CE at 1 and the 20-epoch warm-up;
+the recipes (``recipes/cifar100/_base_/dkd_ls/``) carry those products as alpha and beta.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.losses.base import Batch, DistillLoss, LossContext
+from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, standardize_as
 from distill.losses.registry import register_loss
 from distill.models.features import FeatureRecord
 
@@ -123,6 +132,10 @@ class DKDLoss(DistillLoss):
         temperature: the softening temperature T (4.0).
         warmup: epochs of linear ramp-up: the loss is scaled by
             ``min(epoch / warmup, 1)`` (20; 0 disables the ramp).
+        standardize: z-score both logit sets before the temperature (logit
+            standardization, DKD+LS). Off by default: plain DKD.
+        standardize_form: ``"code"`` (the authors' released code: unbiased std + 1e-7)
+            or ``"paper"`` (the LS paper's Algorithm 1: population std).
     """
 
     def __init__(
@@ -133,6 +146,8 @@ class DKDLoss(DistillLoss):
         beta: float = 8.0,
         temperature: float = 4.0,
         warmup: int = 20,
+        standardize: bool = False,
+        standardize_form: StandardizeForm = "code",
     ) -> None:
         super().__init__(context)
         if temperature <= 0:
@@ -141,10 +156,13 @@ class DKDLoss(DistillLoss):
             raise ValueError(f"dkd warmup must be 0 or more epochs, got {warmup}")
         if alpha < 0 or beta < 0:
             raise ValueError(f"dkd alpha and beta must not be negative, got alpha={alpha}, beta={beta}")
+        check_standardize_options("dkd", standardize, standardize_form)
         self.alpha = alpha
         self.beta = beta
         self.temperature = temperature
         self.warmup = warmup
+        self.standardize = standardize
+        self.standardize_form = standardize_form
         # Until the trainer announces an epoch the loss is used at full strength.
         self.warmup_factor = 1.0
 
@@ -152,14 +170,20 @@ class DKDLoss(DistillLoss):
         self.warmup_factor = 1.0 if self.warmup == 0 else min(epoch / self.warmup, 1.0)
 
     def forward(self, student: FeatureRecord, teacher: FeatureRecord | None, batch: Batch) -> Tensor:
-        loss = dkd_loss(student.logits, teacher.logits, batch.labels, self.alpha, self.beta, self.temperature)
+        student_logits, teacher_logits = student.logits, teacher.logits
+        if self.standardize:
+            student_logits = standardize_as(student_logits, self.standardize_form)
+            teacher_logits = standardize_as(teacher_logits.detach(), self.standardize_form)
+        loss = dkd_loss(student_logits, teacher_logits, batch.labels, self.alpha, self.beta, self.temperature)
         return self.warmup_factor * loss
 
     def summary(self) -> str:
         return (
-            f"dkd: alpha={self.alpha}, beta={self.beta}, T={self.temperature}, "
+            f"alpha={self.alpha}, beta={self.beta}, T={self.temperature}, "
             f"linear warm-up over {self.warmup} epochs"
+            + (f", logit standardization ({self.standardize_form} form)" if self.standardize else "")
         )
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}, warmup={self.warmup}"
+        text = f"alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}, warmup={self.warmup}"
+        return text + (f", standardize={self.standardize_form!r}" if self.standardize else "")

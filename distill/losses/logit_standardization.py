@@ -11,10 +11,17 @@ The authors' code (``sunshangquan/logit-standardization-KD@f6e5aa5``,
 ``1e-7 + std(x)`` with torch's *unbiased* std (divisor K − 1): that produced the
 published numbers, so it is the default here; ``unbiased=False, eps=0`` is the paper's
 form. For K = 100 classes the two differ by √(99/100), a 0.5 % change of τ.
+
+Losses switch it on with two parameters, ``standardize`` (bool) and ``standardize_form``
+(``"code"`` or ``"paper"``); :func:`standardize_as` and :func:`check_standardize_options`
+serve them all, so kd, dkd and later logit losses read the same way in a recipe.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
+import torch
 from torch import Tensor
 
 CODE_EPS = 1e-7
@@ -30,3 +37,37 @@ def standardize_logits(logits: Tensor, *, unbiased: bool = True, eps: float = CO
     mean = logits.mean(dim=-1, keepdim=True)
     std = logits.std(dim=-1, keepdim=True, correction=1 if unbiased else 0)
     return (logits - mean) / (eps + std)
+
+
+StandardizeForm = Literal["code", "paper"]
+"""``"code"``: the authors' released code (unbiased std + 1e-7); ``"paper"``: Algorithm 1 (population std)."""
+
+STANDARDIZE_FORMS: dict[str, dict[str, float | bool]] = {
+    "code": {"unbiased": True, "eps": CODE_EPS},
+    "paper": {"unbiased": False, "eps": 0.0},
+}
+
+
+def standardize_as(logits: Tensor, form: StandardizeForm) -> Tensor:
+    """:func:`standardize_logits` in the named form; half-precision logits are z-scored in float32.
+
+    (A row's standard deviation in 8 to 11 mantissa bits would move every standardized
+    logit by up to a few per mille, more than the code/paper difference.)
+    """
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    options = STANDARDIZE_FORMS[form]
+    return standardize_logits(logits, unbiased=bool(options["unbiased"]), eps=float(options["eps"]))
+
+
+def check_standardize_options(loss: str, standardize: bool, form: str) -> None:
+    """Raise ``ValueError`` for an unknown form, or a form chosen while standardization is off."""
+    if form not in STANDARDIZE_FORMS:
+        raise ValueError(
+            f"{loss} standardize_form must be 'code' or 'paper' (the authors' code or the paper's Algorithm 1), got {form!r}"
+        )
+    if form != "code" and not standardize:
+        raise ValueError(
+            f"{loss} standardize_form={form!r} has no effect while standardization is off; "
+            f"set standardize: true as well, or drop standardize_form"
+        )
