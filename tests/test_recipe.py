@@ -218,7 +218,10 @@ def test_the_shipped_recipe_set_is_complete():
     names = {str(p.relative_to(REPO / "recipes")) for p in SHIPPED}
     assert len([n for n in names if n.startswith("cifar100/teachers/")]) == 6
     assert len([n for n in names if n.startswith("cifar100/vanilla/")]) == 13
-    methods = ("vanilla", "kd", "crd", "crd_kd", "ml_cpc", "ml_cpc_kd", "segmental", "segmental_kd", "dkd", "hint", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "nst")
+    methods = (
+        "vanilla", "kd", "crd", "crd_kd", "ml_cpc", "ml_cpc_kd", "segmental", "segmental_kd", "dkd", "hint", "at", "sp", "cc", "vid",
+        "rkd", "pkt", "ab", "ft", "nst", "kd_ls", "dkd_ls",
+    )
     for method in methods:
         assert len([n for n in names if n.startswith(f"cifar100/{method}/")]) == 13, method
     assert len([n for n in names if n.startswith("cifar100/fsp/")]) == 6  # N/A where channel counts differ
