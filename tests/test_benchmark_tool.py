@@ -120,3 +120,18 @@ def test_the_step_guard_benchmark_reports_both_times():
     step = re.search(r"median training step ([\d.]+) ms over 1 steps", result.stdout)
     flags = re.search(r"median StepGuard.flags ([\d.]+) ms = ([\d.]+)% of a step", result.stdout)
     assert step and flags and float(step.group(1)) > 0 and float(flags.group(1)) > 0
+
+
+@pytest.mark.slow
+def test_a_method_without_a_reference_loop_is_timed_on_the_fast_path_against_kd(benchmark_tool, tmp_path, capsys):
+    argv = [
+        "--student", "resnet8", "--teacher", "resnet14", "--train-size", "200", "--steps", "2", "--warmup", "1",
+        "--batch-size", "16", "--workers", "0", "--methods", "kd,kd_ls", "--data-root", str(tmp_path / "data"),
+    ]
+    report = benchmark_tool.main(argv)
+    printed = capsys.readouterr().out
+    assert set(report["results"]["kd_ls"]) == {"fast"} and set(report["results"]["kd"]) == {"fast", "reference"}
+    expected = report["results"]["kd_ls"]["fast"]["median_step_s"] / report["results"]["kd"]["fast"]["median_step_s"]
+    assert report["summary"]["over_kd_step_time"]["kd_ls"] == {"fast": pytest.approx(expected)}
+    assert "kd_ls" not in report["summary"]["fast_over_reference_images_per_s"]
+    assert "no reference-style loop for kd_ls" in printed and "step time ÷ KD's" in printed
