@@ -11,6 +11,7 @@ from distill.losses import (  # noqa: E402,F401
     ce,
     contrastive,
     correlation,
+    dist,
     dkd,
     fitnet,
     fsp,
