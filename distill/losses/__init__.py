@@ -22,6 +22,7 @@ from distill.losses import (  # noqa: E402,F401
     rkd,
     segmental,
     similarity,
+    ttm,
     vid,
 )
 from distill.losses.base import Batch, DistillLoss, InitStage, LossContext
