@@ -47,6 +47,23 @@ METHODS: dict[str, tuple[tuple[str, ...], bool, str]] = {
         True,
         "EXPERIMENTAL segmental MI+KD (MUSIC-style, variant B): {teacher} → {student}, CE + KD + segmental (S=32, C=32)",
     ),
+    "dist": (
+        ("dist",),
+        True,
+        "DIST (Huang et al. 2022): {teacher} → {student}, CE + 2·DIST (tau=4, beta=gamma=1), the released CIFAR config",
+    ),
+    "wttm": (
+        ("wttm",),
+        True,
+        "WTTM (Zheng & Yang 2024): {teacher} → {student}, CE + 4·WTTM (gamma=0.2): the published vgg13→vgg8 "
+        "example for every task, not the per-task settings (paper Appendix A.4, unread); may not reproduce",
+    ),
+    "wttm_crd": (
+        ("crd", "plus_wttm"),
+        True,
+        "WTTM+CRD (Zheng & Yang 2024): {teacher} → {student}, CE + 0.8·CRD + 4·WTTM (gamma=0.2): the published "
+        "vgg13→vgg8 example for every task, not the per-task settings (paper Appendix A.4, unread); may not reproduce",
+    ),
 }
 
 CLASSIC = {

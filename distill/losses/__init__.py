@@ -11,6 +11,7 @@ from distill.losses import (  # noqa: E402,F401
     ce,
     contrastive,
     correlation,
+    dist,
     dkd,
     fitnet,
     fsp,
@@ -21,6 +22,7 @@ from distill.losses import (  # noqa: E402,F401
     rkd,
     segmental,
     similarity,
+    ttm,
     vid,
 )
 from distill.losses.base import Batch, DistillLoss, InitStage, LossContext
