@@ -30,7 +30,10 @@ def model(arch: str) -> torch.nn.Module:
 
 
 def test_the_zoo_is_complete():
-    expected = {"ce", "kd", "crd", "cpc", "ml_cpc", "hint", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "dkd"}
+    expected = {
+        "ce", "kd", "crd", "cpc", "ml_cpc", "hint", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "dkd",
+        "dist", "ttm", "wttm",
+    }
     assert expected <= set(ZOO_LOSSES)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from distill.losses import LOSSES, Batch, LossContext, build_loss, loss_parameters
 from distill.losses.dist import dist_loss, dist_terms, pearson_rows
-from distill.losses.logit_standardization import standardize_logits
+from distill.losses.logit_standardization import StandardizeForm, standardize_logits
 from distill.models.features import FeatureRecord, FeatureShapes
 
 
@@ -154,6 +154,7 @@ def test_registered_with_typed_parameters_and_reference_defaults():
     params = loss_parameters(LOSSES.get("dist"))
     assert {name: (p.annotation, p.default) for name, p in params.items()} == {
         "tau": (float, 4.0), "beta": (float, 1.0), "gamma": (float, 1.0), "standardize": (bool, False),
+        "standardize_form": (StandardizeForm, "code"),
     }
 
 

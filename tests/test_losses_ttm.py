@@ -10,7 +10,7 @@ import torch
 
 from distill.losses import LOSSES, Batch, LossContext, build_loss, loss_parameters
 from distill.losses.kd import kd_divergence
-from distill.losses.logit_standardization import standardize_logits
+from distill.losses.logit_standardization import StandardizeForm, standardize_logits
 from distill.losses.ttm import power_sum, transformed_teacher_log_probs, ttm_divergence, ttm_loss, wttm_loss
 from distill.models.features import FeatureRecord, FeatureShapes
 
@@ -133,7 +133,9 @@ def test_shapes_must_agree():
 def test_registered_with_typed_parameters():
     for name, default in (("ttm", 0.1), ("wttm", 0.2)):
         params = loss_parameters(LOSSES.get(name))
-        assert {key: (p.annotation, p.default) for key, p in params.items()} == {"gamma": (float, default), "standardize": (bool, False)}
+        assert {key: (p.annotation, p.default) for key, p in params.items()} == {
+            "gamma": (float, default), "standardize": (bool, False), "standardize_form": (StandardizeForm, "code"),
+        }
 
 
 @pytest.mark.parametrize("name, function", [("ttm", ttm_loss), ("wttm", wttm_loss)])
@@ -161,3 +163,14 @@ def test_half_precision_logits_give_a_float32_loss():
 def test_a_non_positive_gamma_is_refused(name):
     with pytest.raises(ValueError, match=f"{name} gamma .* must be positive"):
         build_loss(name, context(), {"gamma": 0.0})
+
+
+@pytest.mark.parametrize("name", ["ttm", "wttm", "dist"])
+def test_the_paper_form_of_standardization_is_offered_and_checked(name):
+    torch.manual_seed(3)
+    student, teacher = torch.randn(6, 5), torch.randn(6, 5) * 3
+    code = build_loss(name, context(), {"standardize": True})(record(student), record(teacher), batch(6))
+    paper = build_loss(name, context(), {"standardize": True, "standardize_form": "paper"})(record(student), record(teacher), batch(6))
+    assert torch.isfinite(code) and torch.isfinite(paper) and not torch.isclose(code, paper)
+    with pytest.raises(ValueError, match="has no effect while standardization is off"):
+        build_loss(name, context(), {"standardize_form": "paper"})

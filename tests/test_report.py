@@ -206,11 +206,15 @@ def test_protocol_errors_have_the_one_format_file_key_message():
 
 
 def test_published_method_keys_are_the_recipe_folders():
-    """Every recipe folder has a published row (its label and protocol); a row may come before its recipe."""
+    """Every recipe folder has a published row (its label and protocol); three rows have no recipes yet.
+
+    ``ttm``: the loss ships, its per-task settings (the paper's Appendix A.4) are not known;
+    ``mlkd`` and ``mlkd_ls``: the two-view training they need has not landed (issue 15, part 4).
+    """
     folders = {p.name for p in (REPO / "recipes/cifar100").iterdir() if p.is_dir()} - {"_base_", "teachers"}
     rows = set(load_published().rows) - {"teacher"}
     assert folders <= rows
-    assert all(key.isidentifier() and key == key.lower() for key in rows - folders)
+    assert rows - folders == {"ttm", "mlkd", "mlkd_ls"}
 
 
 NEW_METHODS = ("kd_ls", "dkd_ls", "mlkd", "mlkd_ls", "dist", "ttm", "wttm", "wttm_crd")

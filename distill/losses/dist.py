@@ -32,17 +32,13 @@ import torch
 from torch import Tensor
 
 from distill.losses.base import Batch, DistillLoss, LossContext
-from distill.losses.logit_standardization import standardize_logits
+from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, standardize_as
+from distill.losses.precision import at_least_float32
 from distill.losses.registry import register_loss
 from distill.models.features import FeatureRecord
 
 PEARSON_EPS = 1e-8
 """The epsilon of the authors' code, added to the product of the two norms."""
-
-
-def at_least_float32(x: Tensor) -> Tensor:
-    """``x`` in float32 if it is half or bfloat16 (too few mantissa bits for these sums), else unchanged."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def pearson_rows(a: Tensor, b: Tensor, eps: float = PEARSON_EPS) -> Tensor:
@@ -104,8 +100,10 @@ class DISTLoss(DistillLoss):
         beta: float = 1.0,
         gamma: float = 1.0,
         standardize: bool = False,
+        standardize_form: StandardizeForm = "code",
     ) -> None:
         super().__init__(context)
+        check_standardize_options("dist", standardize, standardize_form)
         if tau <= 0:
             raise ValueError(f"dist tau must be positive, got {tau}")
         if beta < 0 or gamma < 0:
@@ -113,13 +111,13 @@ class DISTLoss(DistillLoss):
         self.tau = tau
         self.beta = beta
         self.gamma = gamma
-        self.standardize = standardize
+        self.standardize, self.standardize_form = standardize, standardize_form
 
     def forward(self, student: FeatureRecord, teacher: FeatureRecord | None, batch: Batch) -> Tensor:
         student_logits, teacher_logits = student.logits, teacher.logits
-        if self.standardize:  # in float32: the z-score of half-precision logits loses digits
-            student_logits = standardize_logits(at_least_float32(student_logits))
-            teacher_logits = standardize_logits(at_least_float32(teacher_logits))
+        if self.standardize:
+            student_logits = standardize_as(student_logits, self.standardize_form)
+            teacher_logits = standardize_as(teacher_logits, self.standardize_form)
         return dist_loss(student_logits, teacher_logits, self.tau, self.beta, self.gamma)
 
     def summary(self) -> str:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import Tensor
+
+from distill.losses.precision import at_least_float32
 
 CODE_EPS = 1e-7
 """The epsilon the authors' code adds to the standard deviation (not inside the square root)."""
@@ -54,10 +55,8 @@ def standardize_as(logits: Tensor, form: StandardizeForm) -> Tensor:
     (A row's standard deviation in 8 to 11 mantissa bits would move every standardized
     logit by up to a few per mille, more than the code/paper difference.)
     """
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
     options = STANDARDIZE_FORMS[form]
-    return standardize_logits(logits, unbiased=bool(options["unbiased"]), eps=float(options["eps"]))
+    return standardize_logits(at_least_float32(logits), unbiased=bool(options["unbiased"]), eps=float(options["eps"]))
 
 
 def check_standardize_options(loss: str, standardize: bool, form: str) -> None:

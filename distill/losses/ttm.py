@@ -42,14 +42,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.losses.base import Batch, DistillLoss, LossContext
-from distill.losses.logit_standardization import standardize_logits
+from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, standardize_as
+from distill.losses.precision import at_least_float32
 from distill.losses.registry import register_loss
 from distill.models.features import FeatureRecord
-
-
-def at_least_float32(x: Tensor) -> Tensor:
-    """``x`` in float32 if it is half or bfloat16 (too few mantissa bits for these sums), else unchanged."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _check_logits(name: str, student_logits: Tensor, teacher_logits: Tensor) -> None:
@@ -104,18 +100,21 @@ class TTMLoss(DistillLoss):
     weighted: ClassVar[bool] = False
     method: ClassVar[str] = "ttm"
 
-    def __init__(self, context: LossContext, *, gamma: float = 0.1, standardize: bool = False) -> None:
+    def __init__(
+        self, context: LossContext, *, gamma: float = 0.1, standardize: bool = False, standardize_form: StandardizeForm = "code"
+    ) -> None:
         super().__init__(context)
+        check_standardize_options(self.method, standardize, standardize_form)
         if gamma <= 0:
             raise ValueError(f"{self.method} gamma (the teacher's power, 1/T) must be positive, got {gamma}")
         self.gamma = gamma
-        self.standardize = standardize
+        self.standardize, self.standardize_form = standardize, standardize_form
 
     def forward(self, student: FeatureRecord, teacher: FeatureRecord | None, batch: Batch) -> Tensor:
         student_logits, teacher_logits = student.logits, teacher.logits
         if self.standardize:
-            student_logits = standardize_logits(at_least_float32(student_logits))
-            teacher_logits = standardize_logits(at_least_float32(teacher_logits))
+            student_logits = standardize_as(student_logits, self.standardize_form)
+            teacher_logits = standardize_as(teacher_logits, self.standardize_form)
         if self.weighted:
             return wttm_loss(student_logits, teacher_logits, self.gamma)
         return ttm_loss(student_logits, teacher_logits, self.gamma)
@@ -142,5 +141,7 @@ class WTTMLoss(TTMLoss):
     weighted: ClassVar[bool] = True
     method: ClassVar[str] = "wttm"
 
-    def __init__(self, context: LossContext, *, gamma: float = 0.2, standardize: bool = False) -> None:
-        super().__init__(context, gamma=gamma, standardize=standardize)
+    def __init__(
+        self, context: LossContext, *, gamma: float = 0.2, standardize: bool = False, standardize_form: StandardizeForm = "code"
+    ) -> None:
+        super().__init__(context, gamma=gamma, standardize=standardize, standardize_form=standardize_form)
