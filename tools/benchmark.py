@@ -613,8 +613,9 @@ def print_report(report: dict[str, Any], measurements: dict[str, dict[str, Measu
         print(f"reference path: {references[0].data_path}")
     print(f"memory: {report['memory_label']}")
     print()
+    width = max(7, *(len(method) + 1 for method in measurements))
     header = (
-        f"{'method':<7}{'path':<11}{'images/s':>10}{'median step':>14}{'data wait':>11}{'peak memory':>14}"
+        f"{'method':<{width}}{'path':<11}{'images/s':>10}{'median step':>14}{'data wait':>11}{'peak memory':>14}"
         f"{'epoch':>9}{f'{REFERENCE_EPOCHS} epochs':>12}"
     )
     print(header)
@@ -623,16 +624,16 @@ def print_report(report: dict[str, Any], measurements: dict[str, dict[str, Measu
         for name in [p for p in ("fast", "reference") if p in paths]:
             m = paths[name]
             print(
-                f"{method:<7}{name:<11}{m.images_per_s:>10.1f}{1000 * m.median_step_s:>11.1f} ms"
+                f"{method:<{width}}{name:<11}{m.images_per_s:>10.1f}{1000 * m.median_step_s:>11.1f} ms"
                 f"{100 * m.data_wait_fraction:>10.1f}%{format_memory(m.peak_memory_bytes):>14}"
                 f"{3600 * m.projected_hours(s['train_size'], 1):>8.0f}s{m.projected_hours(s['train_size']):>11.2f}h"
             )
         if method not in report["summary"]["fast_over_reference_images_per_s"]:
-            print(f"{method:<7}{'fast/ref':<11}{'n/a':>10}   (no reference-style loop for {method})")
+            print(f"{method:<{width}}{'fast/ref':<11}{'n/a':>10}   (no reference-style loop for {method})")
             continue
         ratio = report["summary"]["fast_over_reference_images_per_s"][method]
         median_ratio = report["summary"]["reference_over_fast_median_step"][method]
-        print(f"{method:<7}{'fast/ref':<11}{ratio:>9.2f}×   (by median step: {median_ratio:.2f}×)")
+        print(f"{method:<{width}}{'fast/ref':<11}{ratio:>9.2f}×   (by median step: {median_ratio:.2f}×)")
     crd_kd = report["summary"]["crd_over_kd_step_time"]
     if crd_kd:
         print()
