@@ -37,6 +37,7 @@ def test_every_method_has_its_13_tasks_and_the_teachers_their_6_recipes():
         assert tasks == expected, method
 
 
+@pytest.mark.slow  # ~350 recipes: about half of the inner loop's time; the full suite runs them
 @pytest.mark.parametrize("relative", ALL_RECIPES, ids=lambda p: str(p.with_suffix("")))
 def test_recipe_builds_and_takes_one_step(relative, random_teachers, fake_cifar100, tmp_path, monkeypatch):
     monkeypatch.setenv(MANIFEST_ENV, str(random_teachers))
