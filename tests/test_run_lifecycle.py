@@ -264,3 +264,16 @@ def test_a_format_1_checkpoint_is_refused_for_resume_by_name(plugin, fake_cifar1
     torch.save({**first, "format": "distill-checkpoint/1"}, run_dir / "checkpoints" / "last.pt")
     assert resume(run_dir) == 2
     assert "format 'distill-checkpoint/1'" in capsys.readouterr().err
+
+
+def test_a_resumed_run_reports_the_training_time_of_all_its_processes(plugin, fake_cifar100, tiny_teacher, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    stopped_run(run_dir, plugin, fake_cifar100, tiny_teacher, capsys)
+    before = saved(run_dir)["train_seconds"]
+    assert before > 0
+    assert resume(run_dir) == 0
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    resumed_epochs = sum(row["time/epoch_s"] for row in epoch_rows(run_dir))  # every epoch row is the resumed process's
+    assert summary["seconds"] >= before + resumed_epochs  # the stopped process's time is not lost
+    assert saved(run_dir)["train_seconds"] == pytest.approx(summary["seconds"], abs=1.0)
+    assert "summed over the run's resumes" in summary["seconds_note"]

@@ -118,9 +118,14 @@ def checkpoint_payload(
     teacher_sha256: str | None,
     skipped_steps: int,
     metrics_rows: int,
+    train_seconds: float,
     processes: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Everything that decides the rest of the run; ``processes``: each process's :func:`process_state`."""
+    """Everything that decides the rest of the run; ``processes``: each process's :func:`process_state`.
+
+    ``train_seconds``: the time spent in the epochs so far, summed over the run's resumes
+    (what ``summary.json`` reports as ``seconds`` when the run finishes).
+    """
     distiller = built.unwrapped
     scaler = built.accelerator.scaler
     return {
@@ -136,6 +141,7 @@ def checkpoint_payload(
         "state": asdict(state),
         "skipped_steps": skipped_steps,
         "metrics_rows": metrics_rows,
+        "train_seconds": train_seconds,
         "teacher_sha256": teacher_sha256,
         "recipe": recipe_to_dict(recipe),
         "processes": processes,
@@ -169,6 +175,8 @@ class Restored:
     state: TrainState
     skipped_steps: int
     metrics_rows: int
+    train_seconds: float
+    """The epochs' time before the checkpoint, over every earlier process (0 from a format-2 file: not recorded)."""
     rng: dict[str, Any] | None
     epoch_sums: tuple[torch.Tensor, torch.Tensor] | None
 
@@ -194,7 +202,9 @@ def restore_checkpoint(checkpoint: dict[str, Any], built: BuiltRun, path: Path, 
     if accelerator.scaler is not None and checkpoint.get("scaler"):
         accelerator.scaler.load_state_dict(checkpoint["scaler"])
     state = read_train_state(checkpoint)
-    restored = Restored(state, checkpoint.get("skipped_steps", 0), checkpoint["metrics_rows"], None, None)
+    restored = Restored(
+        state, checkpoint.get("skipped_steps", 0), checkpoint["metrics_rows"], float(checkpoint.get("train_seconds", 0.0)), None, None
+    )
     processes = checkpoint["processes"]
     if len(processes) != accelerator.num_processes:
         state.batch = 0

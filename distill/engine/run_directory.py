@@ -204,6 +204,7 @@ class RunDirectory:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
         summary["final_top1_note"] = f"test top-1 of the {protocol} (the protocol of the CRD paper's tables)"
         summary["best_top1_note"] = "best epoch, selected on the test set: for information, do not report"
+        summary["seconds_note"] = "time spent in the epochs, summed over the run's resumes (start-up and init stages excluded)"
         atomic_write_text(self.path / SUMMARY_FILE, json.dumps(summary, indent=2))
 
     def record_end(self, error: BaseException | None) -> None:

@@ -30,7 +30,8 @@ class TrainResult:
 
     ``final_top1`` is the last epoch's test accuracy: the protocol of the CRD
     paper's tables. ``best_top1`` is selected on the test set and is shown for
-    information only.
+    information only. ``seconds``: the time spent in the epochs, summed over the run's
+    resumes (a part trained before a format-2 checkpoint is not counted: it was not recorded).
     """
 
     run_dir: Path

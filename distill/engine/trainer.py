@@ -111,17 +111,16 @@ class Trainer:
         self.last_saved = "none (no checkpoint was written yet)"
         self.applied_changes: list[str] = []
         self.resumed_from: TrainState | None = None
+        self._seconds_before, self._loop_started = 0.0, time.perf_counter()
         if plan.resumes:
             if checkpoint is None:  # read on the main process only while planning
                 checkpoint = load_run_checkpoint(plan.checkpoint)
             restored = restore_checkpoint(checkpoint, self.built, plan.checkpoint, self.run_dir)
-            self.applied_changes = apply_hyperparameters(
-                self.optimizer, self.built.scheduler, self.recipe.optimizer, self.recipe.schedule,
-                set(self.directory.changed_keys),
-            )
+            recipe, changed = self.recipe, set(self.directory.changed_keys)
+            self.applied_changes = apply_hyperparameters(self.optimizer, self.built.scheduler, recipe.optimizer, recipe.schedule, changed)
             self.state, self.guard.skipped = restored.state, restored.skipped_steps
             self._resumed_rng, self._epoch_sums = restored.rng, restored.epoch_sums
-            self._metrics_rows = restored.metrics_rows
+            self._metrics_rows, self._seconds_before = restored.metrics_rows, restored.train_seconds
             self.resumed_from = TrainState(**vars(self.state))
             self.last_saved = f"{plan.checkpoint} (epoch {self.state.epoch}, step {self.state.step})"
 
@@ -153,7 +152,6 @@ class Trainer:
         """What a start found, for ``distill train --dry-run``: every check a real start runs, short of training."""
         return setup_report(self.resolved, self.built, self.directory.plan, self.directory.forced)
 
-    # --- the loop --------------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
         """Train to the recipe's last epoch (from where a resumed run stopped); returns last- and best-epoch accuracy.
@@ -184,7 +182,7 @@ class Trainer:
         if self._resumed_rng is not None:
             restore_rng_state(self._resumed_rng)
             self._resumed_rng = None
-        started = time.perf_counter()
+        self._loop_started = time.perf_counter()
         for epoch in range(self.state.epoch + 1, recipe.schedule.epochs + 1):
             group = self.optimizer.param_groups[0]
             hyperparameters = {key: group[key] for key in ("lr", "momentum", "weight_decay") if key in group}
@@ -209,7 +207,7 @@ class Trainer:
             best_top1=self.state.best_top1,
             best_epoch=self.state.best_epoch,
             epochs=self.state.epoch,
-            seconds=time.perf_counter() - started,
+            seconds=self.train_seconds(),
         )
         self._finish(result)
         return result
@@ -222,6 +220,10 @@ class Trainer:
         self.log(f"teacher top-1 {accuracy.top1:.2f}  top-5 {accuracy.top5:.2f}")
         if self.metrics:
             self.metrics.write({"epoch": 0, "step": 0, "teacher/top1": accuracy.top1, "teacher/top5": accuracy.top5}, 0)
+
+    def train_seconds(self) -> float:
+        """The time spent in the epochs so far, this process's and every earlier one's (a resumed run's)."""
+        return self._seconds_before + (time.perf_counter() - self._loop_started)
 
     def run_init_stages(self, train: bool = True) -> None:
         """Each loss's init stage (:mod:`distill.engine.init_stage`); a resumed run only freezes what they froze."""
@@ -323,7 +325,6 @@ class Trainer:
         self.last_step_applied = True
         return terms, total
 
-    # --- checkpoints, health and stops ----------------------------------------------------------------
 
     def save_checkpoint(self, *, best: bool = False) -> None:
         """Write ``last`` (and ``best``) at the current position, after making sure no bad step precedes it.
@@ -338,7 +339,7 @@ class Trainer:
             payload = checkpoint_payload(
                 self.built, self.state, recipe=self.recipe, teacher_sha256=self.resolved.teacher_sha256,
                 skipped_steps=self.guard.skipped, metrics_rows=self.metrics.rows if self.metrics else 0,
-                processes=processes,
+                train_seconds=self.train_seconds(), processes=processes,
             )
             atomic_save(payload, self.run_dir / LAST_CHECKPOINT)
             if best:
