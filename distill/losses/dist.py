@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from distill.losses.base import Batch, DistillLoss, LossContext
-from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, standardize_as
+from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, standardize_pair
 from distill.losses.precision import at_least_float32
 from distill.losses.registry import register_loss
 from distill.models.features import FeatureRecord
@@ -116,8 +116,7 @@ class DISTLoss(DistillLoss):
     def forward(self, student: FeatureRecord, teacher: FeatureRecord | None, batch: Batch) -> Tensor:
         student_logits, teacher_logits = student.logits, teacher.logits
         if self.standardize:
-            student_logits = standardize_as(student_logits, self.standardize_form)
-            teacher_logits = standardize_as(teacher_logits, self.standardize_form)
+            student_logits, teacher_logits = standardize_pair(student_logits, teacher_logits, self.standardize_form)
         return dist_loss(student_logits, teacher_logits, self.tau, self.beta, self.gamma)
 
     def summary(self) -> str:

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.losses.base import Batch, DistillLoss, LossContext
-from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, standardize_as
+from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, standardize_pair
 from distill.losses.registry import register_loss
 from distill.models.features import FeatureRecord
 
@@ -172,8 +172,7 @@ class DKDLoss(DistillLoss):
     def forward(self, student: FeatureRecord, teacher: FeatureRecord | None, batch: Batch) -> Tensor:
         student_logits, teacher_logits = student.logits, teacher.logits
         if self.standardize:
-            student_logits = standardize_as(student_logits, self.standardize_form)
-            teacher_logits = standardize_as(teacher_logits.detach(), self.standardize_form)
+            student_logits, teacher_logits = standardize_pair(student_logits, teacher_logits, self.standardize_form)
         loss = dkd_loss(student_logits, teacher_logits, batch.labels, self.alpha, self.beta, self.temperature)
         return self.warmup_factor * loss
 

@@ -59,6 +59,14 @@ def standardize_as(logits: Tensor, form: StandardizeForm) -> Tensor:
     return standardize_logits(at_least_float32(logits), unbiased=bool(options["unbiased"]), eps=float(options["eps"]))
 
 
+def standardize_pair(student_logits: Tensor, teacher_logits: Tensor, form: StandardizeForm) -> tuple[Tensor, Tensor]:
+    """Both logit sets z-scored in ``form``, as every logit loss with ``standardize: true`` needs them.
+
+    The teacher's logits are detached: they are the target, never trained through.
+    """
+    return standardize_as(student_logits, form), standardize_as(teacher_logits.detach(), form)
+
+
 def check_standardize_options(loss: str, standardize: bool, form: str) -> None:
     """Raise ``ValueError`` for an unknown form, or a form chosen while standardization is off."""
     if form not in STANDARDIZE_FORMS:
