@@ -15,26 +15,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from logit_losses import batch, context, record
 
 from distill.benchmark.tasks import TASKS
-from distill.losses import LOSSES, Batch, LossContext, build_loss, loss_parameters
+from distill.losses import LOSSES, build_loss, loss_parameters
 from distill.losses.dkd import dkd_loss
 from distill.losses.kd import kd_divergence
-from distill.models.features import FeatureRecord, FeatureShapes
-
-
-def record(logits: torch.Tensor) -> FeatureRecord:
-    return FeatureRecord(maps=[], preact_maps=[], pooled=torch.zeros(logits.shape[0], 2), logits=logits)
-
-
-def context(num_classes: int) -> LossContext:
-    shapes = FeatureShapes(maps=[], preact_maps=[], pooled=(2,), logits=(num_classes,))
-    return LossContext(student=shapes, teacher=shapes, num_classes=num_classes, dataset_size=8, labels=torch.zeros(8, dtype=torch.long))
-
-
-def batch(labels: torch.Tensor) -> Batch:
-    return Batch(inputs=torch.zeros(len(labels), 3), labels=labels, indices=torch.arange(len(labels)))
-
 
 # ---------------------------------------------------------------- numpy references
 

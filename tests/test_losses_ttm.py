@@ -7,25 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from logit_losses import batch, context, record
 
-from distill.losses import LOSSES, Batch, LossContext, build_loss, loss_parameters
+from distill.losses import LOSSES, build_loss, loss_parameters
 from distill.losses.kd import kd_divergence
 from distill.losses.logit_standardization import StandardizeForm, standardize_logits
 from distill.losses.ttm import power_sum, transformed_teacher_log_probs, ttm_divergence, ttm_loss, wttm_loss
-from distill.models.features import FeatureRecord, FeatureShapes
-
-
-def record(logits: torch.Tensor) -> FeatureRecord:
-    return FeatureRecord(maps=[], preact_maps=[], pooled=torch.zeros(logits.shape[0], 2), logits=logits)
-
-
-def context(num_classes: int = 5) -> LossContext:
-    shapes = FeatureShapes(maps=[], preact_maps=[], pooled=(2,), logits=(num_classes,))
-    return LossContext(student=shapes, teacher=shapes, num_classes=num_classes, dataset_size=8, labels=torch.zeros(8, dtype=torch.long))
-
-
-def batch(n: int) -> Batch:
-    return Batch(inputs=torch.zeros(n, 3), labels=torch.zeros(n, dtype=torch.long), indices=torch.arange(n))
 
 
 def numpy_ttm_rows(zs: np.ndarray, zt: np.ndarray, gamma: float) -> tuple[list[float], list[float]]:
