@@ -14,8 +14,8 @@ from typing import Any
 from distill.engine.launch import check_process_count
 from distill.errors import DistillError
 from distill.files.rundir import RECIPE_FILE
-from distill.recipe.compose import ComposedRecipe, apply_overrides, compose_file
-from distill.recipe.parse import parse_composed, recipe_name_from_path
+from distill.recipe.compose import ComposedRecipe
+from distill.recipe.parse import compose_recipe, parse_composed, recipe_name_from_path
 from distill.recipe.schema import Recipe
 from distill.recipe.serialize import flatten_recipe, recipe_to_dict
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 )
     elif recipe_path is None:
         raise DistillError("give a recipe (distill train RECIPE), or --resume RUN_DIR to continue a run")
-    composed = apply_overrides(compose_file(recipe_path), overrides)
+    composed = compose_recipe(recipe_path, overrides)
     name = recipe_name_from_path(Path(recipe_path))
     parse_composed(composed, name)  # the schema first: a wrong key or type costs no torch import
     from distill.recipe.load import validate_composed  # the registries behind it import torch

@@ -18,9 +18,9 @@ from distill.losses import LOSSES, loss_schema
 from distill.models import is_model, list_models
 from distill.models.options import ModelOptionError
 from distill.models.registry import check_model_options
-from distill.recipe.compose import ComposedRecipe, KeyPath, apply_overrides, compose_file, deep_merge
+from distill.recipe.compose import ComposedRecipe, KeyPath, apply_overrides, deep_merge
 from distill.recipe.manifest import load_manifest
-from distill.recipe.parse import parse_composed, recipe_error, recipe_name_from_path
+from distill.recipe.parse import compose_recipe, parse_composed, recipe_error, recipe_name_from_path
 from distill.recipe.plugins import load_plugin, resolve_plugin
 from distill.recipe.schema import LossSpec, Recipe, TeacherSpec
 from distill.registry import did_you_mean
@@ -184,14 +184,7 @@ def validate_composed(composed: ComposedRecipe, default_name: str = "run") -> Re
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     """Read, compose, override and validate a recipe file."""
-    return load_recipe_with_sources(path, overrides)[0]
-
-
-def load_recipe_with_sources(path: str | Path, overrides: Iterable[str] = ()) -> tuple[Recipe, ComposedRecipe]:
-    """:func:`load_recipe`, plus the composed mapping that knows which file (or override) set each key."""
-    path = Path(path)
-    composed = apply_overrides(compose_file(path), list(overrides))
-    return validate_composed(composed, default_name=recipe_name_from_path(path)), composed
+    return validate_composed(compose_recipe(path, overrides), default_name=recipe_name_from_path(Path(path)))
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>", overrides: Iterable[str] = ()) -> Recipe:

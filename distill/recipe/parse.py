@@ -7,10 +7,11 @@ gives (models, dataset, losses, views, the teacher) against the registries.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from distill.errors import RecipeError
-from distill.recipe.compose import ComposedRecipe, KeyPath, format_key
+from distill.recipe.compose import ComposedRecipe, KeyPath, apply_overrides, compose_file, format_key
 from distill.recipe.schema import Recipe
 from distill.schema import ValidationIssue, build_dataclass
 
@@ -28,6 +29,11 @@ def recipe_name_from_path(path: Path) -> str:
         if index < len(parts) - 1:
             return "/".join(parts[index + 1 :])
     return path.stem
+
+
+def compose_recipe(path: str | Path, overrides: Iterable[str] = ()) -> ComposedRecipe:
+    """A recipe file with its ``_base_`` files merged and ``key.path=value`` overrides applied; not yet validated."""
+    return apply_overrides(compose_file(path), list(overrides))
 
 
 def parse_composed(composed: ComposedRecipe, default_name: str = "run") -> Recipe:
