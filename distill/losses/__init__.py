@@ -25,7 +25,10 @@ from distill.losses import (  # noqa: E402,F401
     ttm,
     vid,
 )
-from distill.losses.base import Batch, DistillLoss, InitStage, LossContext
+from distill.losses.base import Batch, DistillLoss, InitStage, LossContext, MultiViewLoss
 from distill.losses.registry import LOSSES, build_loss, loss_parameters, loss_schema, register_loss
 
-__all__ = ["Batch", "DistillLoss", "InitStage", "LOSSES", "LossContext", "build_loss", "loss_parameters", "loss_schema", "register_loss"]
+__all__ = [
+    "Batch", "DistillLoss", "InitStage", "LOSSES", "LossContext", "MultiViewLoss",
+    "build_loss", "loss_parameters", "loss_schema", "register_loss",
+]

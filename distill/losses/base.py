@@ -11,7 +11,7 @@ State that is not trained (memory banks) lives in buffers and is checkpointed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,6 +33,8 @@ class LossContext:
         student_arch: the student's architecture name.
         teacher_arch: the teacher's architecture name, or None.
         batch_size: training batch size per process (0 when unknown).
+        views: how many views of each image both networks see per step (1, or the
+            length of the recipe's ``data.views.shared``; see :class:`MultiViewLoss`).
     """
 
     student: FeatureShapes
@@ -43,6 +45,7 @@ class LossContext:
     student_arch: str = ""
     teacher_arch: str | None = None
     batch_size: int = 0
+    views: int = 1
 
 
 @dataclass
@@ -153,4 +156,33 @@ class DistillLoss(nn.Module):
         return None
 
 
-__all__ = ["Batch", "DistillLoss", "InitStage", "LossContext"]
+class MultiViewLoss(DistillLoss):
+    """A loss that sees every view of a step at once (MLKD's weak and strong views).
+
+    In a run whose ``data.views.shared`` lists several views, both networks run on
+    each view. An ordinary :class:`DistillLoss` is then called once per view and its
+    terms are summed (MLKD's code sums its cross-entropy over both views the same
+    way). A ``MultiViewLoss`` is called once, with the records of all views in the
+    order the recipe lists them, and ``batch.inputs`` holding the first view's student
+    inputs. ``required_views`` is checked when the loss is built: a recipe that gives
+    it another number of views is refused with what to add.
+    """
+
+    required_views: ClassVar[int] = 2
+
+    def __init__(self, context: LossContext) -> None:
+        super().__init__(context)
+        if context.views != self.required_views:
+            raise ValueError(
+                f"{type(self).__name__} needs {self.required_views} views of each image per step, but the run has "
+                f"{context.views}; list them in data.views.shared (for example "
+                f"[{{name: standard}}, {{name: fixmatch_strong}}] for a weak and a strong view)"
+            )
+
+    def forward(  # type: ignore[override]
+        self, student: Sequence[FeatureRecord], teacher: Sequence[FeatureRecord | None], batch: Batch
+    ) -> Tensor:
+        raise NotImplementedError
+
+
+__all__ = ["Batch", "DistillLoss", "InitStage", "LossContext", "MultiViewLoss"]
