@@ -17,7 +17,17 @@ from PIL import Image
 from distill.cli.main import main
 from distill.data.placement import Placement
 from distill.data.transforms import normalize_batch
-from distill.data.views import STANDARD, TwoViews, build_views, view_options
+from distill.data.views import (
+    ROLES,
+    STANDARD,
+    SharedViews,
+    TwoViews,
+    build_views,
+    view_options,
+    view_pairs,
+    view_seed,
+    views_per_step,
+)
 from distill.engine.loaders import build_datasets, build_loaders
 from distill.engine.metrics import read_metrics
 from distill.errors import DataError, DistillError, RecipeError
@@ -41,9 +51,10 @@ def first_batch(spec: DataSpec, epoch: int = 2, seed: int = 0):
     return next(iter(loader)), train, views
 
 
-def expected_view(dataset, views, role: str, epoch: int, indices: torch.Tensor) -> torch.Tensor:
-    """The role's view of each image, drawn by hand from the stored image and normalised."""
-    drawn = torch.stack([views.draw(role, dataset.raw_image(int(i)), epoch, int(i)) for i in indices])
+def expected_view(dataset, views, role: str | int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
+    """A role's (or a shared view's) view of each image, drawn by hand from the stored image and normalised."""
+    position = ROLES.index(role) if isinstance(role, str) else role
+    drawn = torch.stack([views.draw(position, dataset.raw_image(int(i)), epoch, int(i)) for i in indices])
     return normalize_batch(drawn, dataset.mean, dataset.std)
 
 
@@ -172,3 +183,84 @@ def test_a_resumed_epoch_with_views_continues_with_the_same_views(fake_cifar100,
     for (a_inputs, a_labels, a_indices), (b_inputs, b_labels, b_indices) in zip(expected, actual):
         assert torch.equal(a_indices, b_indices) and torch.equal(a_labels, b_labels)
         assert torch.equal(a_inputs.teacher, b_inputs.teacher) and torch.equal(a_inputs.student, b_inputs.student)
+
+
+# --- shared views: every network sees every view (MLKD's weak and strong) -----------------------------
+
+WEAK_AND_INFOMIN = ViewsSpec(shared=[ViewSpec("standard"), ViewSpec("infomin")])
+
+
+@pytest.mark.parametrize("loader", ["device", "workers"])
+def test_shared_views_give_the_standard_batch_and_the_drawn_view(fake_cifar100, loader):
+    (plain, plain_labels, plain_indices), _, _ = first_batch(cifar_spec(fake_cifar100, loader))
+    (inputs, labels, indices), dataset, views = first_batch(cifar_spec(fake_cifar100, loader, WEAK_AND_INFOMIN))
+    assert isinstance(inputs, SharedViews) and len(inputs.views) == 2
+    assert torch.equal(indices, plain_indices) and torch.equal(labels, plain_labels)
+    assert torch.equal(inputs.views[0], plain)  # the weak view is exactly a run's standard batch
+    assert torch.equal(inputs.views[1], expected_view(dataset, views, 1, 2, indices))
+    assert not torch.equal(inputs.views[1], inputs.views[0])
+
+
+def test_both_paths_draw_the_same_shared_view(fake_cifar100):
+    """The drawn view is the same on both paths; the standard one is each path's own crop and flip, as without views."""
+    (device, _, device_indices), _, _ = first_batch(cifar_spec(fake_cifar100, "device", WEAK_AND_INFOMIN))
+    (workers, _, worker_indices), _, _ = first_batch(cifar_spec(fake_cifar100, "workers", WEAK_AND_INFOMIN))
+    assert torch.equal(device_indices, worker_indices)
+    assert torch.equal(device.views[1], workers.views[1])
+
+
+def test_a_shared_view_has_its_own_seed_slot(fake_cifar100):
+    """The same view named twice in the list, or once shared and once per network, draws different images."""
+    twice = ViewsSpec(shared=[ViewSpec("infomin"), ViewSpec("infomin")])
+    (inputs, _, indices), dataset, views = first_batch(cifar_spec(fake_cifar100, "device", twice))
+    assert not torch.equal(inputs.views[0], inputs.views[1])
+    (per_network, _, _), _, _ = first_batch(cifar_spec(fake_cifar100, "device", ViewsSpec(student=ViewSpec("infomin"))))
+    assert not torch.equal(per_network.student, inputs.views[1])
+    assert view_seed(0, 1, 2, 5) != view_seed(0, 3, 2, 5)
+    assert build_views(ViewsSpec(shared=[ViewSpec("standard")]), 32, 0) is None  # one standard view: a plain run
+
+
+def test_view_pairs_run_each_network_on_each_view():
+    a, b, c = torch.zeros(1), torch.ones(1), torch.full((1,), 2.0)
+    assert view_pairs(a) == [(a, a)]
+    assert view_pairs(TwoViews(teacher=a, student=b)) == [(b, a)]
+    assert view_pairs(SharedViews((a, c))) == [(a, a), (c, c)]
+    assert views_per_step(None) == views_per_step(STUDENT_INFOMIN) == 1
+    assert views_per_step(WEAK_AND_INFOMIN) == 2
+
+
+def test_shared_views_are_checked_with_the_key_named(fake_cifar100, tiny_teacher):
+    base = [f"data.root={fake_cifar100}", "teacher.name=null", "teacher.arch=resnet14", f"teacher.checkpoint={tiny_teacher}"]
+    cases = {
+        "data.views={shared: [{name: standard}, {name: infomn}]}": "data.views.shared.1.name: unknown view 'infomn'",
+        "data.views={shared: [{name: infomin, options: {magnitud: 3}}]}": "data.views.shared.0.options.magnitud",
+        "data.views={shared: [{name: infomin, options: {crop_scale: [0.9, 0.2]}}]}": "data.views.shared.0.options: crop_scale",
+        "data.views={shared: [{name: standard}, {name: standard}]}": "'standard' is listed twice",
+        "data.views={shared: []}": "the list is empty",
+        "data.views={shared: [{name: standard}], student: {name: infomin}}": "cannot be combined",
+    }
+    for override, message in cases.items():
+        with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace(".", r"\.")):
+            load_recipe(CRD_RECIPE, [*base, override])
+    # A student alone may see several views (a two-view baseline without a teacher).
+    alone = load_recipe(REPO / "recipes/cifar100/vanilla/resnet32x4-resnet8x4.yaml",
+                        [f"data.root={fake_cifar100}", "data.views={shared: [{name: standard}, {name: infomin}]}"])
+    assert alone.data.views == WEAK_AND_INFOMIN
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", ["device", "workers"])
+def test_a_resumed_epoch_with_shared_views_continues_with_the_same_views(fake_cifar100, loader):
+    spec = cifar_spec(fake_cifar100, loader, WEAK_AND_INFOMIN)
+    train, test = build_datasets(spec)
+    views = build_views(spec.views, 32, 0)
+    full = build_loaders(spec, train, test, Placement(seed=0), views=views).train_loader
+    resumed = build_loaders(spec, train, test, Placement(seed=0), views=views).train_loader
+    full.set_epoch(3)
+    resumed.set_epoch(3)
+    resumed.skip(2)
+    expected, actual = list(full)[2:], list(resumed)
+    assert len(actual) == len(expected) == len(full) - 2
+    for (a_inputs, a_labels, a_indices), (b_inputs, b_labels, b_indices) in zip(expected, actual):
+        assert torch.equal(a_indices, b_indices) and torch.equal(a_labels, b_labels)
+        assert all(torch.equal(x, y) for x, y in zip(a_inputs.views, b_inputs.views))

@@ -39,7 +39,7 @@ from distill.data.epoch_order import (
 )
 from distill.data.placement import ONE_CPU_PROCESS, Placement
 from distill.data.transforms import CROP_PADDING, normalize_batch, per_channel
-from distill.data.views import TwoViews, ViewPair
+from distill.data.views import SharedViews, TwoViews, ViewSet
 
 __all__ = ["IGNORED_LABEL", "DeviceLoader", "InMemoryImages", "SupportsDeviceLoader", "augment_batch", "normalize_batch"]
 
@@ -182,7 +182,7 @@ class DeviceLoader:
         *,
         shuffle: bool,
         placement: Placement = ONE_CPU_PROCESS,
-        views: ViewPair | None = None,
+        views: ViewSet | None = None,
     ) -> None:
         process_index, num_processes = placement.process_index, placement.num_processes
         if batch_size < 1:
@@ -252,7 +252,7 @@ class DeviceLoader:
             process_index=self.process_index, num_processes=self.num_processes,
         )
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor | TwoViews, torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor | TwoViews | SharedViews, torch.Tensor, torch.Tensor]]:
         order = self.order().to(self.device)
         valid = order >= 0
         gather = order.clamp(min=0)

@@ -132,10 +132,10 @@ class EpochSeededItems(Dataset):
     use torch's generator) depend on nothing but the key, and the caller's
     generators are left as they were. The cost is a few microseconds per item.
 
-    With ``views`` (a :class:`~distill.data.views.ViewPair`), an item is
-    ``(teacher input, student input, label, index)``: a role with its own view gets
+    With ``views`` (a :class:`~distill.data.views.ViewSet`), an item is
+    ``(input of each view slot..., label, index)``: a slot with its own view gets
     it drawn from the dataset's ``raw_image(index)`` and normalised with the
-    dataset's ``mean``/``std``; a role with the standard view gets the usual item.
+    dataset's ``mean``/``std``; a slot with the standard view gets the usual item.
     """
 
     def __init__(self, dataset: Dataset, seed: int, views: Any = None) -> None:
@@ -159,4 +159,4 @@ class EpochSeededItems(Dataset):
             return item
         stored = self.dataset.raw_image(index).unsqueeze(0)  # type: ignore[attr-defined]
         views = self.views.inputs(item[0].unsqueeze(0), stored, epoch, [index], self.dataset.mean, self.dataset.std)  # type: ignore[attr-defined]
-        return (views.teacher[0], views.student[0], *item[1:])
+        return (*(tensor[0] for tensor in views.tensors()), *item[1:])

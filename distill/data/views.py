@@ -1,26 +1,39 @@
-"""Different views of one image for the teacher and the student (InfoMin-style, Tian et al., NeurIPS 2020).
+"""Views: augmentations of one training image that the networks see instead of, or besides, the standard one.
 
-InfoMin's lesson: what two views of an image share decides what a contrastive
-objective between them learns. A recipe can therefore give the teacher and the
-student different augmentations of the same training image::
+Two layouts, both under the recipe's ``data.views``:
 
-    data:
-      views:
-        teacher: {name: standard}                 # the dataset's own crop and flip
-        student: {name: infomin, options: {magnitude: 9}}
+* **Per network** (InfoMin-style, Tian et al., NeurIPS 2020): what two views of an image
+  share decides what a contrastive objective between them learns, so the teacher and
+  the student can see different augmentations of the same image::
+
+      data:
+        views:
+          teacher: {name: standard}                 # the dataset's own crop and flip
+          student: {name: infomin, options: {magnitude: 9}}
+
+* **Shared** (MLKD's weak and strong views, Jin et al., CVPR 2023): every network sees
+  every listed view, so a step runs the student and the teacher once per view::
+
+      data:
+        views:
+          shared: [{name: standard}, {name: fixmatch_strong}]
+
+  A loss that takes one view at a time is applied to each view and its terms are
+  summed; a :class:`~distill.losses.base.MultiViewLoss` (``mlkd``) gets all views at
+  once. The first view is the one the training accuracy is measured on.
 
 * ``standard`` is the dataset's usual training augmentation, the single view a run
-  without ``views`` sees: a role given ``standard`` gets exactly that tensor (so two
-  ``standard`` roles coincide).
+  without ``views`` sees: a view given ``standard`` gets exactly that tensor (so two
+  ``standard`` roles coincide; a shared list may name it once).
 * Any other name is a registered view: a builder (``@register_view``) that returns a
   transform of one ``uint8 C×H×W`` image tensor, in torchvision's ``transforms.v2``.
 
 Each non-standard view of image ``index`` in ``epoch`` is drawn with torch's
-generator seeded by ``(seed, role, epoch, index)`` (see :func:`view_seed`), inside
-a fork of the generator state. So the view is a pure function of the image and
-that key: the same on the device data path and the worker path, whatever the
-number of workers, and after a resume. The memory-bank index of both views is the
-image's index.
+generator seeded by ``(seed, slot, epoch, index)`` (see :func:`view_seed`; the slot
+is the role, or the view's place in the shared list), inside a fork of the
+generator state. So the view is a pure function of the image and that key: the same
+on the device data path and the worker path, whatever the number of workers, and
+after a resume. The memory-bank index of every view is the image's index.
 """
 
 from __future__ import annotations
@@ -72,10 +85,11 @@ class ViewSpec(Protocol):
 
 
 class ViewsSpec(Protocol):
-    """The recipe's ``data.views``: the teacher's and the student's view."""
+    """The recipe's ``data.views``: the teacher's and the student's view, or views both networks see."""
 
     teacher: ViewSpec
     student: ViewSpec
+    shared: Sequence[ViewSpec] | None
 
 
 def register_view(name: str) -> Callable:
@@ -138,37 +152,61 @@ def check_views(views: ViewsSpec) -> None:
     """Check every view name and option of a recipe's ``data.views``; errors name the key.
 
     Raises:
-        RecipeError: an unknown view or option, or an option of the wrong type.
+        RecipeError: an unknown view or option, an option of the wrong type, or both
+            layouts (per network and shared) at once.
     """
+    if views.shared is not None:
+        roles_set = [role for role in ROLES if getattr(views, role).name != STANDARD or getattr(views, role).options]
+        if roles_set:
+            raise RecipeError(
+                f"data.views: 'shared' (every network sees every view) and '{roles_set[0]}' (a view per network) "
+                f"cannot be combined; keep one of them"
+            )
+        if not views.shared:
+            raise RecipeError("data.views.shared: the list is empty; list at least one view, or remove 'shared'")
+        if sum(spec.name == STANDARD for spec in views.shared) > 1:
+            raise RecipeError(
+                "data.views.shared: 'standard' is listed twice; both entries would be the very same tensor. "
+                "List it once"
+            )
+        for position, spec in enumerate(views.shared):
+            _check_view(spec, ("data", "views", "shared", str(position)))
+        return
     for role in ROLES:
-        spec: ViewSpec = getattr(views, role)
-        key = f"data.views.{role}"
-        if spec.name == STANDARD:
-            if spec.options:
-                raise RecipeError(f"{key}.options: the standard view takes no options (it is the dataset's own)")
-            continue
-        if spec.name not in VIEWS:
-            names = ", ".join([STANDARD, *VIEWS.names()])
-            raise RecipeError(f"{key}.name: unknown view {spec.name!r}. Available: {names}")
-        try:
-            check_options(spec.options, builder_schema(VIEWS.get(spec.name)), ("data", "views", role, "options"), f"view {spec.name!r}")
-        except ValidationIssue as issue:
-            raise RecipeError(f"{'.'.join(issue.path)}: {issue.message}") from None
+        _check_view(getattr(views, role), ("data", "views", role))
 
 
-def build_view(spec: ViewSpec, image_size: int, role: str) -> ViewTransform | None:
-    """The transform of a non-standard view (``None`` for ``standard``); bad option values name the key."""
+def _check_view(spec: ViewSpec, path: tuple[str, ...]) -> None:
+    key = ".".join(path)
+    if spec.name == STANDARD:
+        if spec.options:
+            raise RecipeError(f"{key}.options: the standard view takes no options (it is the dataset's own)")
+        return
+    if spec.name not in VIEWS:
+        names = ", ".join([STANDARD, *VIEWS.names()])
+        raise RecipeError(f"{key}.name: unknown view {spec.name!r}. Available: {names}")
+    try:
+        check_options(spec.options, builder_schema(VIEWS.get(spec.name)), (*path, "options"), f"view {spec.name!r}")
+    except ValidationIssue as issue:
+        raise RecipeError(f"{'.'.join(issue.path)}: {issue.message}") from None
+
+
+def build_view(spec: ViewSpec, image_size: int, key: str) -> ViewTransform | None:
+    """The transform of a non-standard view (``None`` for ``standard``); bad option values name ``key``."""
     if spec.name == STANDARD:
         return None
     try:
         return VIEWS.get(spec.name)(image_size, **spec.options)
     except ValueError as error:
-        raise RecipeError(f"data.views.{role}.options: {error}") from None
+        raise RecipeError(f"{key}.options: {error}") from None
 
 
-def view_seed(seed: int, role: str, epoch: int, index: int) -> int:
-    """The seed of one image's view: a pure function of (recipe seed, role, epoch, image index)."""
-    return stream_seed(seed, VIEW_STREAM, ROLES.index(role), epoch, index)
+def view_seed(seed: int, slot: int, epoch: int, index: int) -> int:
+    """The seed of one image's view: a pure function of (recipe seed, slot, epoch, image index).
+
+    Slots 0 and 1 are the teacher's and the student's view; shared view ``i`` is slot ``2 + i``.
+    """
+    return stream_seed(seed, VIEW_STREAM, slot, epoch, index)
 
 
 def draw_view(transform: ViewTransform, image: Tensor, seed: int) -> Tensor:
@@ -176,63 +214,6 @@ def draw_view(transform: ViewTransform, image: Tensor, seed: int) -> Tensor:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return transform(image)
-
-
-@dataclass(frozen=True)
-class ViewPair:
-    """The built views of a run: a transform per role, ``None`` where the role sees the standard view."""
-
-    teacher: ViewTransform | None
-    student: ViewTransform | None
-    seed: int
-
-    def draw(self, role: str, image: Tensor, epoch: int, index: int) -> Tensor:
-        """Role ``role``'s view of one ``uint8 C×H×W`` image (a non-standard role only)."""
-        transform = getattr(self, role)
-        return draw_view(transform, image, view_seed(self.seed, role, epoch, index))
-
-    def draw_batch(self, role: str, images: Tensor, epoch: int, indices: Sequence[int]) -> Tensor:
-        """The view of each image of a ``uint8 B×C×H×W`` batch, one seeded draw per image."""
-        return torch.stack([self.draw(role, image, epoch, int(index)) for image, index in zip(images, indices)])
-
-    def inputs(
-        self,
-        standard: Tensor,
-        images: Tensor,
-        epoch: int,
-        indices: Sequence[int],
-        mean: Sequence[float] | Tensor,
-        std: Sequence[float] | Tensor,
-        *,
-        channels_last: bool = False,
-    ) -> TwoViews:
-        """Both roles' inputs for a batch, as both data paths make them.
-
-        ``standard``: the batch with the dataset's own augmentation (what a role with the
-        standard view gets); ``images``: the same images as stored, ``uint8 B×C×H×W``,
-        from which a role with its own view draws it, normalised with ``mean``/``std``.
-        """
-        made = {}
-        for role in ROLES:
-            if getattr(self, role) is None:
-                made[role] = standard
-            else:
-                drawn = self.draw_batch(role, images, epoch, indices)
-                made[role] = normalize_batch(drawn, mean, std, channels_last=channels_last)
-        return TwoViews(**made)
-
-
-def build_views(views: ViewsSpec | None, image_size: int, seed: int) -> ViewPair | None:
-    """The run's :class:`ViewPair`, or ``None`` when both roles see the standard view (or no views are set)."""
-    if views is None:
-        return None
-    check_views(views)
-    pair = ViewPair(
-        teacher=build_view(views.teacher, image_size, "teacher"),
-        student=build_view(views.student, image_size, "student"),
-        seed=seed,
-    )
-    return None if pair.teacher is None and pair.student is None else pair
 
 
 @dataclass(frozen=True)
@@ -246,9 +227,106 @@ class TwoViews:
     def device(self) -> torch.device:
         return self.student.device
 
+    def tensors(self) -> tuple[Tensor, ...]:
+        """The inputs in slot order (teacher, student), as a worker item carries them."""
+        return (self.teacher, self.student)
 
-def split_views(inputs: Tensor | TwoViews) -> tuple[Tensor, Tensor]:
-    """``(student inputs, teacher inputs)`` of a batch: the same tensor twice without views."""
+
+@dataclass(frozen=True)
+class SharedViews:
+    """A training batch's inputs when every network sees every view: one tensor per shared view."""
+
+    views: tuple[Tensor, ...]
+
+    @property
+    def device(self) -> torch.device:
+        return self.views[0].device
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return self.views
+
+
+@dataclass(frozen=True)
+class ViewSet:
+    """A run's built views: a transform per slot, ``None`` where the slot sees the standard view.
+
+    ``shared=False``: the slots are the teacher's and the student's view (:class:`TwoViews`);
+    ``shared=True``: every network sees every slot (:class:`SharedViews`).
+    """
+
+    transforms: tuple[ViewTransform | None, ...]
+    seed: int
+    shared: bool = False
+
+    def slot(self, position: int) -> int:
+        """The seed slot of ``transforms[position]`` (see :func:`view_seed`)."""
+        return position + len(ROLES) if self.shared else position
+
+    def draw(self, position: int, image: Tensor, epoch: int, index: int) -> Tensor:
+        """View ``position``'s draw of one ``uint8 C×H×W`` image (a non-standard view only)."""
+        return draw_view(self.transforms[position], image, view_seed(self.seed, self.slot(position), epoch, index))
+
+    def draw_batch(self, position: int, images: Tensor, epoch: int, indices: Sequence[int]) -> Tensor:
+        """View ``position`` of each image of a ``uint8 B×C×H×W`` batch, one seeded draw per image."""
+        return torch.stack([self.draw(position, image, epoch, int(index)) for image, index in zip(images, indices)])
+
+    def inputs(
+        self,
+        standard: Tensor,
+        images: Tensor,
+        epoch: int,
+        indices: Sequence[int],
+        mean: Sequence[float] | Tensor,
+        std: Sequence[float] | Tensor,
+        *,
+        channels_last: bool = False,
+    ) -> TwoViews | SharedViews:
+        """Every view's inputs for a batch, as both data paths make them.
+
+        ``standard``: the batch with the dataset's own augmentation (what a standard
+        view gets); ``images``: the same images as stored, ``uint8 B×C×H×W``, from
+        which a non-standard view is drawn and normalised with ``mean``/``std``.
+        """
+        made = [
+            standard if transform is None else normalize_batch(
+                self.draw_batch(position, images, epoch, indices), mean, std, channels_last=channels_last
+            )
+            for position, transform in enumerate(self.transforms)
+        ]
+        return self.pack(made)
+
+    def pack(self, tensors: Sequence[Tensor]) -> TwoViews | SharedViews:
+        """The batch object for the slots' tensors in order (the worker path reassembles items with it)."""
+        return SharedViews(tuple(tensors)) if self.shared else TwoViews(*tensors)
+
+
+def build_views(views: ViewsSpec | None, image_size: int, seed: int) -> ViewSet | None:
+    """The run's :class:`ViewSet`, or ``None`` when every network sees just the standard view."""
+    if views is None:
+        return None
+    check_views(views)
+    if views.shared is not None:
+        transforms = tuple(
+            build_view(spec, image_size, f"data.views.shared.{position}") for position, spec in enumerate(views.shared)
+        )
+        return None if transforms == (None,) else ViewSet(transforms, seed, shared=True)
+    built = tuple(build_view(getattr(views, role), image_size, f"data.views.{role}") for role in ROLES)
+    return None if built == (None, None) else ViewSet(built, seed)
+
+
+def views_per_step(views: ViewsSpec | None) -> int:
+    """How many views of each image both networks see per step: the shared list's length, else 1."""
+    return len(views.shared) if views is not None and views.shared is not None else 1
+
+
+def view_pairs(inputs: Tensor | TwoViews | SharedViews) -> list[tuple[Tensor, Tensor]]:
+    """``(student inputs, teacher inputs)`` for each view a step runs the networks on.
+
+    One batch: the same tensor for both, once; per-network views: the student's and
+    the teacher's, once; shared views: each view for both networks.
+    """
+    if isinstance(inputs, SharedViews):
+        return [(view, view) for view in inputs.views]
     if isinstance(inputs, TwoViews):
-        return inputs.student, inputs.teacher
-    return inputs, inputs
+        return [(inputs.student, inputs.teacher)]
+    return [(inputs, inputs)]

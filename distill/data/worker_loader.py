@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from distill.data.epoch_order import EpochBatchSampler, EpochSeededItems
 from distill.data.placement import ONE_CPU_PROCESS, Placement
-from distill.data.views import TwoViews, ViewPair
+from distill.data.views import SharedViews, TwoViews, ViewSet
 
 
 class WorkerLoader:
@@ -44,7 +44,7 @@ class WorkerLoader:
         num_workers: int,
         placement: Placement = ONE_CPU_PROCESS,
         pin_memory: bool = False,
-        views: ViewPair | None = None,
+        views: ViewSet | None = None,
     ) -> None:
         self.placement = placement
         self.device = torch.device(placement.device)
@@ -75,14 +75,14 @@ class WorkerLoader:
         """Leave out the first ``batches`` batches of the next iteration (resuming mid-epoch)."""
         self.sampler.skip(batches)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor | TwoViews, torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor | TwoViews | SharedViews, torch.Tensor, torch.Tensor]]:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
 
         def to_device(tensor: torch.Tensor) -> torch.Tensor:
             return tensor.to(self.device, non_blocking=True, memory_format=memory_format)
 
         for *images, labels, indices in self.loader:
-            inputs = TwoViews(*map(to_device, images)) if self.views is not None else to_device(images[0])
+            inputs = self.views.pack([to_device(x) for x in images]) if self.views is not None else to_device(images[0])
             yield inputs, labels.to(self.device, non_blocking=True), indices.to(self.device, non_blocking=True)
 
     def __repr__(self) -> str:

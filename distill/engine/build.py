@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from distill.data.placement import Placement
-from distill.data.views import build_views
+from distill.data.views import build_views, views_per_step
 from distill.engine.accelerator import compile_networks
 from distill.engine.distiller import Distiller
 from distill.engine.loaders import build_datasets, build_loaders
@@ -125,6 +125,7 @@ def build_run(recipe: Recipe, accelerator: Accelerator) -> BuiltRun:
         student_arch=recipe.student.arch,
         teacher_arch=recipe.teacher.arch if recipe.teacher else None,
         batch_size=recipe.data.batch_size,
+        views=views_per_step(recipe.data.views),
     )
     losses = build_losses(recipe, context)
     weights = {name: spec.weight for name, spec in recipe.losses.items()}

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from distill.data.views import TwoViews, split_views
+from distill.data.views import SharedViews, TwoViews, view_pairs
 from distill.engine.teacher import FrozenTeacher
 from distill.errors import DistillError, LossError
-from distill.losses.base import Batch, DistillLoss
+from distill.losses.base import Batch, DistillLoss, MultiViewLoss
 from distill.models.features import FeatureRecord
 
 
@@ -24,12 +25,23 @@ def as_float32(record: FeatureRecord | None) -> FeatureRecord | None:
 Objective = Callable[[FeatureRecord, FeatureRecord | None, Batch], Tensor]
 
 
-def in_full_precision(
-    objectives: Mapping[str, Objective],
-    student: FeatureRecord,
-    teacher: FeatureRecord | None,
-    batch: Batch,
-) -> dict[str, Tensor]:
+@dataclass(frozen=True)
+class ViewRecords:
+    """Both networks' records on each view of a step, in the order of the views (one entry without shared views)."""
+
+    student: tuple[FeatureRecord, ...]
+    teacher: tuple[FeatureRecord | None, ...]
+    batches: tuple[Batch, ...]
+
+    def in_float32(self) -> ViewRecords:
+        return ViewRecords(
+            tuple(as_float32(record) for record in self.student),  # type: ignore[misc]
+            tuple(as_float32(record) for record in self.teacher),
+            self.batches,
+        )
+
+
+def in_full_precision(objectives: Mapping[str, Objective], records: ViewRecords) -> dict[str, Tensor]:
     """Evaluate losses in float32, whatever autocast the networks ran under.
 
     Under ``precision: bf16|fp16`` the networks run in the compute dtype; the losses
@@ -38,18 +50,26 @@ def in_full_precision(
     float32. So autocast is switched off here and the feature records are cast up,
     once for all the losses (a no-op under fp32).
     """
-    with torch.autocast(device_type=batch.inputs.device.type, enabled=False):
-        student, teacher = as_float32(student), as_float32(teacher)
-        return {name: _term(name, objective, student, teacher, batch) for name, objective in objectives.items()}
+    with torch.autocast(device_type=records.batches[0].inputs.device.type, enabled=False):
+        records = records.in_float32()
+        return {name: _term(name, objective, records) for name, objective in objectives.items()}
 
 
-def _term(name: str, objective: Objective, student: FeatureRecord, teacher: FeatureRecord | None, batch: Batch) -> Tensor:
-    """One loss term; an exception inside a loss (a plugin's bug, a shape it cannot take) names the recipe's term.
+def _term(name: str, objective: Objective, records: ViewRecords) -> Tensor:
+    """One loss term over the step's views; an exception inside a loss names the recipe's term.
 
+    A :class:`MultiViewLoss` gets every view's records at once; any other objective
+    is evaluated on each view and its values summed (one view: just its value).
     The original exception stays chained (``distill --debug`` prints its traceback).
     """
     try:
-        return objective(student, teacher, batch)
+        if isinstance(objective, MultiViewLoss):
+            return objective(records.student, records.teacher, records.batches[0])
+        per_view = [objective(*view) for view in zip(records.student, records.teacher, records.batches)]
+        total = per_view[0]
+        for value in per_view[1:]:
+            total = total + value
+        return total
     except DistillError:
         raise
     except Exception as error:
@@ -62,8 +82,8 @@ def _term(name: str, objective: Objective, student: FeatureRecord, teacher: Feat
 class Distiller(nn.Module):
     """Student and loss modules in one module, so one DDP wrapper synchronises them all.
 
-    ``forward`` runs the student (and the frozen teacher, when there is one) once,
-    hands both feature records to every loss, and returns the unweighted terms,
+    ``forward`` runs the student (and the frozen teacher, when there is one) once per
+    view of the batch, hands the feature records to every loss, and returns the unweighted terms,
     the weighted total and the student's logits.
     """
 
@@ -102,27 +122,39 @@ class Distiller(nn.Module):
         return names
 
     def forward(
-        self, inputs: Tensor | TwoViews, labels: Tensor, indices: Tensor
+        self, inputs: Tensor | TwoViews | SharedViews, labels: Tensor, indices: Tensor
     ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        """``inputs``: one batch for both networks, or :class:`TwoViews` (the teacher's and the student's view)."""
+        """``inputs``: one batch for both networks, :class:`TwoViews` (the teacher's and the
+        student's view) or :class:`SharedViews` (each view for both networks).
+
+        The logits returned are the student's on the first view (the training accuracy's).
+        """
         terms, student = self.objectives(inputs, labels, indices, self.losses)
         total = sum(self.weights[name] * value for name, value in terms.items())
         return terms, total, student.logits
 
     def objectives(
-        self, inputs: Tensor | TwoViews, labels: Tensor, indices: Tensor, objectives: Mapping[str, Objective]
+        self,
+        inputs: Tensor | TwoViews | SharedViews,
+        labels: Tensor,
+        indices: Tensor,
+        objectives: Mapping[str, Objective],
     ) -> tuple[dict[str, Tensor], FeatureRecord]:
-        """The one forward path: both networks once, then each objective in float32; also the student's record.
+        """The one forward path: both networks once per view, then each objective in float32.
 
-        :meth:`forward` passes the loss modules; an init stage passes its own
-        objective (:mod:`distill.engine.init_stage`), so both see the same inputs:
-        the same views, memory format and precision handling.
+        Also returns the student's record on the first view. :meth:`forward` passes the
+        loss modules; an init stage passes its own objective
+        (:mod:`distill.engine.init_stage`), so both see the same inputs: the same
+        views, memory format and precision handling.
         """
-        student_inputs, teacher_inputs = (self._memory_format(x) for x in split_views(inputs))
-        student = self.student(student_inputs, features=True)
-        teacher = self.teacher(teacher_inputs) if self.teacher is not None else None
-        batch = Batch(inputs=student_inputs, labels=labels, indices=indices)
-        return in_full_precision(objectives, student, teacher, batch), student
+        students, teachers, batches = [], [], []
+        for student_inputs, teacher_inputs in view_pairs(inputs):
+            student_inputs = self._memory_format(student_inputs)
+            students.append(self.student(student_inputs, features=True))
+            teachers.append(self.teacher(self._memory_format(teacher_inputs)) if self.teacher is not None else None)
+            batches.append(Batch(inputs=student_inputs, labels=labels, indices=indices))
+        records = ViewRecords(tuple(students), tuple(teachers), tuple(batches))
+        return in_full_precision(objectives, records), students[0]
 
     def _memory_format(self, inputs: Tensor) -> Tensor:
         if self.channels_last and inputs.dim() == 4:

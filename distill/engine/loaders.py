@@ -34,7 +34,7 @@ from distill.data.device_loader import (
     device_loader_unsupported,
 )
 from distill.data.placement import Placement
-from distill.data.views import ViewPair
+from distill.data.views import ViewSet
 from distill.data.worker_loader import WorkerLoader
 from distill.errors import DataError
 from distill.recipe.schema import DataSpec
@@ -89,14 +89,15 @@ def build_loaders(
     train_set: Dataset,
     test_set: Dataset,
     placement: Placement,
-    views: ViewPair | None = None,
+    views: ViewSet | None = None,
 ) -> DataBundle:
     """Shuffled training loader (last partial batch kept, as the reference) and ordered test loader.
 
     ``placement`` (device, process index and count, seed, channels-last) serves the
     training loader (and the device test loader), which shards itself.
     ``views``: the training batches carry a teacher view and a student view
-    (:class:`~distill.data.views.TwoViews`); the test batches never do.
+    (:class:`~distill.data.views.TwoViews`) or the shared views
+    (:class:`~distill.data.views.SharedViews`); the test batches never do.
 
     Raises:
         DataError: ``views`` on the worker path for a dataset that cannot hand out

@@ -86,7 +86,7 @@ def _cross_check(recipe: Recipe, composed: ComposedRecipe) -> None:
             build_views(recipe.data.views, image_size=32, seed=0)  # names, options and their values
         except RecipeError as error:
             raise RecipeError(f"{composed.source_of(('data', 'views'))}: {error}") from None
-        if recipe.teacher is None:
+        if recipe.teacher is None and recipe.data.views.shared is None:
             raise recipe_error(composed, ("data", "views"), "views give the teacher and the student different inputs, "
                         "but the recipe has no teacher; remove data.views or add a teacher")
     if recipe.teacher is None:

@@ -59,10 +59,16 @@ class ViewSpec:
 
 @dataclass
 class ViewsSpec:
-    """Different augmentations of the same image for the teacher and the student (see ``distill.data.views``)."""
+    """Augmentations of each training image (see ``distill.data.views``).
+
+    ``teacher``/``student``: a different view per network. ``shared``: views every
+    network sees, each in its own forward pass (MLKD's weak and strong views); it
+    cannot be combined with per-network views.
+    """
 
     teacher: ViewSpec = field(default_factory=ViewSpec)
     student: ViewSpec = field(default_factory=ViewSpec)
+    shared: list[ViewSpec] | None = None
 
 
 @dataclass
@@ -74,8 +80,9 @@ class DataSpec:
     ``workers`` is the classic DataLoader with worker processes; ``auto`` takes
     ``device`` for datasets that support it (CIFAR) and ``workers`` otherwise.
 
-    ``views``: the teacher and the student see different views of each training image
-    (default: both see the dataset's standard augmentation, one tensor).
+    ``views``: the teacher and the student see different views of each training image,
+    or both see several views (default: both see the dataset's standard augmentation,
+    one tensor).
     """
 
     dataset: str = "cifar100"
