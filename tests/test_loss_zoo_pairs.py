@@ -7,11 +7,13 @@ combination: a finite scalar loss, gradients on the student, none on the teacher
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from distill.benchmark.tasks import TASKS
-from distill.losses import LOSSES, Batch, LossContext, build_loss
+from distill.losses import LOSSES, Batch, LossContext, MultiViewLoss, build_loss
 from distill.models import create_model, probe_feature_shapes
 
 ZOO_LOSSES = [name for name in LOSSES.names() if not name.startswith(("test-", "bad_"))]
@@ -32,7 +34,7 @@ def model(arch: str) -> torch.nn.Module:
 def test_the_zoo_is_complete():
     expected = {
         "ce", "kd", "crd", "cpc", "ml_cpc", "hint", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "dkd",
-        "dist", "ttm", "wttm",
+        "dist", "ttm", "wttm", "mlkd",
     }
     assert expected <= set(ZOO_LOSSES)
 
@@ -60,14 +62,22 @@ def test_every_loss_on_the_task(task):
             with pytest.raises(ValueError, match="FSP|fsp"):
                 build_loss(name, context, SMALL_PARAMS.get(name, {}))
             continue
-        loss = build_loss(name, context, SMALL_PARAMS.get(name, {}))
+        multi_view = issubclass(LOSSES.get(name), MultiViewLoss)
+        views = LOSSES.get(name).required_views if multi_view else 1
+        loss = build_loss(name, dataclasses.replace(context, views=views), SMALL_PARAMS.get(name, {}))
         objectives = [loss]
         stage = loss.init_stage()
         if stage is not None:
             objectives.append(stage.loss)
         student.zero_grad(set_to_none=True)
         for objective in objectives:
-            value = objective(student(inputs, features=True), teacher_record, batch)
+            if multi_view:  # every view: the same images, flipped for the second view onwards
+                views_in = [inputs.flip(-1) if v else inputs for v in range(views)]
+                with torch.no_grad():
+                    teachers = [teacher(x, features=True) for x in views_in]
+                value = objective([student(x, features=True) for x in views_in], teachers, batch)
+            else:
+                value = objective(student(inputs, features=True), teacher_record, batch)
             assert value.numel() == 1 and torch.isfinite(value), (name, task.name)
             if value.requires_grad:
                 value.backward()

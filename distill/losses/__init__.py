@@ -17,6 +17,7 @@ from distill.losses import (  # noqa: E402,F401
     fsp,
     ft,
     kd,
+    mlkd,
     nst,
     pkt,
     rkd,
