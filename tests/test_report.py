@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def write_run(
     epoch_seconds: float | None = None,
     device: str | None = None,
     processes: int = 1,
+    views: int = 1,
 ) -> Path:
     """A run directory as ``distill train`` leaves it; ``final=None`` leaves it unfinished (no summary.json).
 
@@ -65,6 +67,8 @@ def write_run(
         "optimizer": {"name": "sgd", "lr": 0.05, "weight_decay": 5e-4},
         "seed": seed,
     }
+    if views > 1:
+        recipe["data"] = {"views": {"shared": [{"name": "standard"}] + [{"name": "fixmatch_strong"}] * (views - 1)}}
     (directory / "recipe.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
     rows: list[dict] = []
     if teacher_top1 is not None:
@@ -206,15 +210,14 @@ def test_protocol_errors_have_the_one_format_file_key_message():
 
 
 def test_published_method_keys_are_the_recipe_folders():
-    """Every recipe folder has a published row (its label and protocol); three rows have no recipes yet.
+    """Every recipe folder has a published row (its label and protocol); one row has no recipes.
 
-    ``ttm``: the loss ships, its per-task settings (the paper's Appendix A.4) are not known;
-    ``mlkd`` and ``mlkd_ls``: the two-view training they need has not landed (issue 15, part 4).
+    ``ttm``: the loss ships, its per-task settings (the paper's Appendix A.4) are not known.
     """
     folders = {p.name for p in (REPO / "recipes/cifar100").iterdir() if p.is_dir()} - {"_base_", "teachers"}
     rows = set(load_published().rows) - {"teacher"}
     assert folders <= rows
-    assert rows - folders == {"ttm", "mlkd", "mlkd_ls"}
+    assert rows - folders == {"ttm"}
 
 
 NEW_METHODS = ("kd_ls", "dkd_ls", "mlkd", "mlkd_ls", "dist", "ttm", "wttm", "wttm_crd")
@@ -478,7 +481,7 @@ def test_published_numbers_carry_their_protocol_and_a_legend(tmp_path):
     assert "T 79.42 [a] \u00b7 S 72.50 [a]" in table
     assert "73.30 \u00b1 0.28 (n=2)<br>paper 73.33 [a] (\u22120.03) |" in table
     legend = table.split("Protocols of the published numbers")[1]
-    assert "Ours: last epoch (`final_top1`), one view" in legend
+    assert "Ours: last epoch (`final_top1`); one view and 240 epochs unless a cell says otherwise" in legend
     assert "- [a] last epoch, 240 epochs, 1 view, runs not stated: Teacher, Student (vanilla), KD." in legend
     assert "- [b] last or best epoch not stated, 240 epochs, 1 view, runs not stated: DKD." in legend
     assert "- [c] best epoch, 240 epochs, 1 view, mean of 4 runs: KD+LS." in legend
@@ -510,6 +513,23 @@ def test_best_metric_is_compared_with_best_epoch_numbers_only(tmp_path):
 def test_runs_of_another_length_are_not_compared(tmp_path):
     table = results_table(aggregate(protocol_runs(tmp_path, epochs=30)), load_published())
     assert "<br>30 epochs (paper: 240)<br>paper 73.33 [a] (no \u0394; paper: 240 epochs) |" in table
+
+
+def test_our_two_view_runs_are_compared_with_a_two_view_number_of_the_same_protocol(tmp_path):
+    """Views are read from each run's recipe (data.views.shared): MLKD's 2-view, 480-epoch best is comparable."""
+    for seed, best in enumerate((77.0, 77.4)):
+        write_run(tmp_path / "mlkd" / f"seed{seed}", f"cifar100/mlkd/{R32_R8}", "resnet8x4", "resnet32x4", seed,
+                  [best - 1, best], best - 0.2, best, epochs=480, views=2)
+    write_run(tmp_path / "one_view", f"cifar100/mlkd/{VGG}", "vgg8", "vgg13", 0, [74.0, 75.0], 74.8, 75.0, epochs=480)
+    records = find_runs([tmp_path])
+    assert sorted(r.views for r in records) == [1, 2, 2]
+    markdown = render_markdown(records, load_published(), metric="best")
+    assert re.search(r"77\.20 \u00b1 0\.28 \(n=2\)<br>480 epochs \(paper: 240\)<br>2 views per step<br>paper 77\.08 \[\w\] \(\+0\.12\) \|",
+                     markdown)
+    assert re.search(r"<br>paper 75\.18 \[\w\] \(no \u0394; paper: 2 views\) \|", markdown)  # a one-view run is not
+    rows = {r["task"]: r for r in csv_rows(aggregate(records, metric="best"), load_published(), metric="best")}
+    assert (rows[R32_R8]["views"], rows[R32_R8]["delta"], rows[R32_R8]["comparison"]) == ("2", "0.12", "same protocol")
+    assert (rows[VGG]["views"], rows[VGG]["comparison_note"]) == ("1", "paper: 2 views")
 
 
 def test_csv_has_both_protocols_and_the_comparison(tmp_path):

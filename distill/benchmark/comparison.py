@@ -22,9 +22,6 @@ from typing import Literal
 
 from distill.benchmark.published import Protocol
 
-OUR_VIEWS = 1
-"""Images per sample per step of our runs: every recipe trains on one (views give teacher and student one each)."""
-
 OURS_EPOCH = {"final": "last", "best": "best"}
 """The epoch each report metric reads: ``final`` is ``final_top1`` (last epoch), ``best`` is ``best_top1``."""
 
@@ -37,12 +34,13 @@ class OurProtocol:
     epochs: tuple[int, ...]
     """The distinct epoch counts of the finished runs (one, normally)."""
     runs: int
-    views: int = OUR_VIEWS
+    views: tuple[int, ...] = (1,)
+    """The distinct views per step of the finished runs (``(2,)`` for MLKD's weak and strong views)."""
 
     def describe(self) -> str:
         """``last epoch, 240 epochs, 1 view, 3 runs``: the same words as :meth:`Protocol.describe`."""
         epochs = ", ".join(map(str, self.epochs)) or "?"
-        views = "1 view" if self.views == 1 else f"{self.views} views"
+        views = "1 view" if self.views == (1,) else f"{', '.join(map(str, self.views))} views"
         return f"{self.epoch} epoch, {epochs} epochs, {views}, {self.runs} run{'s' if self.runs != 1 else ''}"
 
 
@@ -79,7 +77,7 @@ def differences(ours: OurProtocol, paper: Protocol) -> list[str]:
     found = []
     if paper.epoch != "not stated" and paper.epoch != ours.epoch:
         found.append(f"{paper.epoch} epoch")
-    if paper.views != ours.views:
+    if ours.views and ours.views != (paper.views,):
         found.append(f"{paper.views} view{'s' if paper.views != 1 else ''}")
     if ours.epochs and ours.epochs != (paper.epochs,):
         found.append(f"{paper.epochs} epochs")

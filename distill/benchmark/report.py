@@ -83,6 +83,8 @@ class Cell:
     """Seeds of the runs that have not finished yet (running, stopped, or killed without a word)."""
     epochs: tuple[int, ...]
     """Distinct epoch counts of the finished runs."""
+    views: tuple[int, ...] = ()
+    """Distinct views per step of the finished runs (see :attr:`RunRecord.views`)."""
     failed_seeds: tuple[int | None, ...] = ()
     """Seeds of the runs an error ended (see :attr:`RunRecord.failed`)."""
     costs: tuple[RunCost, ...] = ()
@@ -169,6 +171,7 @@ def aggregate(records: Iterable[RunRecord], metric: Metric = "final") -> dict[Ce
             seeds=tuple(seed for seed, _, _ in finished),
             incomplete_seeds=tuple(r.seed for r in group if record_value(r, metric) is None and not r.failed),
             epochs=tuple(sorted({epochs for _, _, epochs in finished})),
+            views=tuple(sorted({r.views for r in group if record_value(r, metric) is not None})),
             failed_seeds=tuple(r.seed for r in group if r.failed),
             costs=tuple(r.cost for r in group if record_value(r, metric) is not None and r.cost is not None),
         )
@@ -219,7 +222,9 @@ def method_title(method: str, published: PublishedResults) -> str:
 
 def our_protocol(cell: Cell, metric: Metric) -> OurProtocol:
     """The protocol of a cell's mean: the metric's epoch, the finished runs' epoch counts and how many they are."""
-    return OurProtocol(epoch=OURS_EPOCH[metric], epochs=cell.epochs, runs=cell.n_complete)  # type: ignore[arg-type]
+    return OurProtocol(  # type: ignore[arg-type]
+        epoch=OURS_EPOCH[metric], epochs=cell.epochs, runs=cell.n_complete, views=cell.views or (1,)
+    )
 
 
 def shown_protocols(methods: Iterable[str], tasks: Sequence[str], published: PublishedResults) -> list[Protocol]:
@@ -283,6 +288,8 @@ def ours_text(cell: Cell) -> str:
     if cell.epochs and cell.epochs != (REFERENCE_EPOCHS,):
         unit = "epoch" if cell.epochs == (1,) else "epochs"
         text += f"<br>{', '.join(map(str, cell.epochs))} {unit} (paper: {REFERENCE_EPOCHS})"
+    if cell.views and cell.views != (1,):
+        text += f"<br>{', '.join(map(str, cell.views))} views per step"
     cost = cost_text(cell)
     return text + (f"<br>{cost}" if cost else "")
 
@@ -425,7 +432,8 @@ def protocols_legend(
     ours = "last epoch (`final_top1`)" if metric == "final" else "best epoch (`best_top1`, selected on the test set)"
     lines = [
         "Protocols of the published numbers (the letter after each; notes in `distill/benchmark/published.yaml`). "
-        f"Ours: {ours}, one view, the epochs and the number of finished runs (n) each cell says. A difference is "
+        f"Ours: {ours}; one view and {REFERENCE_EPOCHS} epochs unless a cell says otherwise; the number of finished runs (n) "
+        "each cell says. A difference is "
         "printed only where the protocols match; \"no \u0394\" says what the paper did differently.",
         "",
     ]
@@ -642,7 +650,7 @@ def csv_rows(
                     "std": _csv_number(cell.std, 4),
                     "epoch": ours.epoch,
                     "epochs": " ".join(map(str, ours.epochs)),
-                    "views": str(ours.views),
+                    "views": " ".join(map(str, ours.views)),
                     "published": _csv_number(paper, 2),
                     "delta": _csv_number(result.delta if result is not None else None, 2),
                     "comparison": result.kind if result is not None else "",

@@ -84,6 +84,8 @@ class RunRecord:
     """``run.json``'s ``device`` (``cuda:0``, ``cpu``); None when not recorded."""
     num_processes: int | None = None
     """``run.json``'s ``num_processes``: how many devices trained the run together."""
+    views: int = 1
+    """Views of each image the networks saw per step: the length of ``data.views.shared``, else 1."""
 
     @property
     def cost(self) -> RunCost | None:
@@ -191,6 +193,18 @@ def wall_seconds(summary: Mapping[str, Any] | None, rows: Iterable[Mapping[str, 
     return sum(by_epoch.values()) if by_epoch else None
 
 
+def recipe_views(recipe: Mapping[str, Any]) -> int:
+    """Views per step of a run's resolved recipe: ``len(data.views.shared)`` when listed, else 1.
+
+    (The plain-data twin of :func:`distill.data.views.views_per_step`: the report reads
+    ``recipe.yaml`` without building the recipe, so a run of an older toolkit still reads.)
+    """
+    data = recipe.get("data")
+    views = data.get("views") if isinstance(data, dict) else None
+    shared = views.get("shared") if isinstance(views, dict) else None
+    return len(shared) if isinstance(shared, list) and shared else 1
+
+
 def _positive_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
@@ -260,6 +274,7 @@ def read_run(run_dir: Path) -> RunRecord:
         wall_seconds=wall_seconds(summary, rows),
         device=info["device"] if isinstance(info.get("device"), str) else None,
         num_processes=_positive_int(info.get("num_processes")),
+        views=recipe_views(recipe),
     )
 
 
