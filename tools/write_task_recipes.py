@@ -99,6 +99,40 @@ for _name, _label, _terms in (("kd_ls", "KD+LS", "0.1·CE + w·KD"), ("dkd_ls", 
         f"{_label} (Sun et al. 2024): {{teacher}} → {{student}}, {_terms} on z-scored logits, {{ls_source}}",
     )
 
+# MLKD (Jin et al., CVPR 2023) trains on a weak and a strong view of each image (data.views.shared) for
+# 480 or 960 epochs with per-task learning rates (its configs), so its optimisation is a per-task fragment.
+# The compute-matched baselines, kd_2view and kd_ls_2view, train KD and KD+LS (their own loss settings)
+# on the same two views with the same epochs and learning rates as mlkd and mlkd_ls: the gain of MLKD's
+# losses can then be told from the gain of the extra views and epochs (methods-2026.md section 8).
+MLKD_NO_CONFIG = ("ResNet50-vgg8",)
+MLKD_LS_UNPUBLISHED = ("resnet56-resnet20", "ResNet50-vgg8", "resnet32x4-ShuffleV1", "wrn_40_2-ShuffleV1")
+METHODS["mlkd"] = (
+    ("mlkd", "views_weak_strong", "mlkd_schedule/{task}"),
+    True,
+    "MLKD (Jin et al. 2023): {teacher} → {student}, 0.1·CE + 0.9·MLKD on a weak and a strong view, as coded, "
+    "{mlkd_source}",
+)
+METHODS["mlkd_ls"] = (
+    ("mlkd_ls/{task}", "views_weak_strong", "mlkd_ls_schedule/{task}"),
+    True,
+    "MLKD+LS (Sun et al. 2024): {teacher} → {student}, 0.1·CE + w·MLKD (KL terms on z-scored logits) on a weak "
+    "and a strong view, {mlkd_ls_source}",
+)
+METHODS["kd_2view"] = (
+    ("kd", "views_weak_strong", "mlkd_schedule/{task}"),
+    True,
+    "KD on MLKD's two views (compute-matched baseline of mlkd): {teacher} → {student}, 0.1·CE + 0.9·KD (T=4) "
+    "on each view, mlkd's epochs and lr",
+)
+METHODS["kd_ls_2view"] = (
+    ("kd_ls/{task}", "views_weak_strong", "mlkd_ls_schedule/{task}"),
+    True,
+    "KD+LS on MLKD's two views (compute-matched baseline of mlkd_ls): {teacher} → {student}, KD+LS's own (τ, w) "
+    "on each view, mlkd_ls's epochs and lr",
+)
+OWN_LEARNING_RATE = {"mlkd", "mlkd_ls", "kd_2view", "kd_ls_2view"}
+"""Methods whose fragments set the learning rate of every task (no reference lr line for small students)."""
+
 # InfoMin-style views (data.views): the teacher keeps the standard view, the student sees a stronger one.
 for _name, _label in (("crd", "CRD"), ("ml_cpc", "ML-CPC")):
     METHODS[f"{_name}_infomin"] = (
@@ -134,11 +168,20 @@ def task_recipe(method: str, teacher: str, student: str) -> str:
     if uses_teacher:
         bases.insert(1, f"../_base_/teacher/{teacher}.yaml")
     ls_source = "no published run: the authors' default τ=2, w=9" if task in LS_UNPUBLISHED else "the authors' (τ, w) for this task"
-    description = template.format(teacher=teacher, student=student, task=task, ls_source=ls_source)
+    mlkd_source = (
+        "no author config: epochs and lr of the same student's config (our choice)"
+        if task in MLKD_NO_CONFIG else "the authors' epochs and lr for this task"
+    )
+    mlkd_ls_source = (
+        "no published run: the authors' default τ=2, w=9" if task in MLKD_LS_UNPUBLISHED else "the authors' (τ, w) for this task"
+    )
+    description = template.format(
+        teacher=teacher, student=student, task=task, ls_source=ls_source, mlkd_source=mlkd_source, mlkd_ls_source=mlkd_ls_source
+    )
     return (
         f"_base_: [{', '.join(bases)}]\n"
         f'description: "{description}"\n'
-        f"student:\n  arch: {student}\n" + lr_lines(student)
+        f"student:\n  arch: {student}\n" + ("" if method in OWN_LEARNING_RATE else lr_lines(student))
     )
 
 
