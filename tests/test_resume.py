@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from resume_checks import assert_same_run, final_state
 
-from distill.engine.metrics import read_metrics
 from distill.engine.signals import EXIT_STOPPED
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -28,7 +28,6 @@ REPO = Path(__file__).resolve().parent.parent
 CRD_RECIPE = REPO / "recipes/cifar100/crd/resnet32x4-resnet8x4.yaml"
 FAULT_PLUGIN = Path(__file__).resolve().parent / "fault_plugin.py"
 STEPS_PER_EPOCH, EPOCHS, CHECKPOINT_EVERY = 4, 2, 2  # checkpoints after steps 2, 4 (epoch end), 6, 8 (end)
-TIMING_KEYS = ("train/images_per_s", "time/epoch_s")
 
 
 def overrides(data_root: Path, teacher: Path, seed: int) -> list[str]:
@@ -51,38 +50,6 @@ def run_distill(*args: str, fault: str = "", timeout: float = 240) -> subprocess
 
 def train(run_dir: Path, data_root: Path, teacher: Path, seed: int, fault: str = "") -> subprocess.CompletedProcess:
     return run_distill("train", str(CRD_RECIPE), *overrides(data_root, teacher, seed), "--run-dir", str(run_dir), fault=fault)
-
-
-def final_state(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-
-
-def assert_same_tensors(expected, actual, path: str = "") -> None:
-    """Every tensor in two nested structures is bit-identical; other leaves equal."""
-    if isinstance(expected, dict):
-        assert set(expected) == set(actual), path
-        for key in expected:
-            assert_same_tensors(expected[key], actual[key], f"{path}.{key}")
-    elif isinstance(expected, (list, tuple)):
-        assert len(expected) == len(actual), path
-        for index, (a, b) in enumerate(zip(expected, actual)):
-            assert_same_tensors(a, b, f"{path}[{index}]")
-    elif isinstance(expected, torch.Tensor):
-        assert torch.equal(expected, actual), f"{path} differs"
-    else:
-        assert expected == actual or (expected != expected and actual != actual), path
-
-
-def assert_same_run(expected_dir: Path, actual_dir: Path) -> None:
-    expected, actual = final_state(expected_dir), final_state(actual_dir)
-    for key in ("model", "losses", "optimizer", "scheduler", "epoch", "state"):
-        assert_same_tensors(expected[key], actual[key], key)
-
-    def without_timing(rows):
-        return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
-
-    assert without_timing(read_metrics(actual_dir)) == without_timing(read_metrics(expected_dir))
-    assert (actual_dir / "summary.json").is_file()
 
 
 @pytest.fixture(scope="module")

@@ -257,6 +257,14 @@ class ViewSet:
     transforms: tuple[ViewTransform | None, ...]
     seed: int
     shared: bool = False
+    names: tuple[str, ...] = ()
+    """The views' names as the recipe gives them, in slot order (for the log)."""
+
+    def describe(self) -> str:
+        """``2 views per step, each for both networks: standard, fixmatch_strong`` or the per-network views."""
+        if self.shared:
+            return f"{len(self.transforms)} views per step, each for both networks: {', '.join(self.names)}"
+        return ", ".join(f"{role} view {name}" for role, name in zip(ROLES, self.names))
 
     def slot(self, position: int) -> int:
         """The seed slot of ``transforms[position]`` (see :func:`view_seed`)."""
@@ -309,9 +317,11 @@ def build_views(views: ViewsSpec | None, image_size: int, seed: int) -> ViewSet 
         transforms = tuple(
             build_view(spec, image_size, f"data.views.shared.{position}") for position, spec in enumerate(views.shared)
         )
-        return None if transforms == (None,) else ViewSet(transforms, seed, shared=True)
+        names = tuple(spec.name for spec in views.shared)
+        return None if transforms == (None,) else ViewSet(transforms, seed, shared=True, names=names)
     built = tuple(build_view(getattr(views, role), image_size, f"data.views.{role}") for role in ROLES)
-    return None if built == (None, None) else ViewSet(built, seed)
+    names = tuple(getattr(views, role).name for role in ROLES)
+    return None if built == (None, None) else ViewSet(built, seed, names=names)
 
 
 def views_per_step(views: ViewsSpec | None) -> int:

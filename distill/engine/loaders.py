@@ -84,6 +84,11 @@ def use_device_loader(spec: DataSpec, train_set: Dataset, test_set: Dataset) -> 
     return False
 
 
+def views_note(views: ViewSet | None) -> str:
+    """What the data path's log line adds for views: ``; 2 views per step, each for both networks: ...``."""
+    return "" if views is None else f"; {views.describe()}"
+
+
 def build_loaders(
     spec: DataSpec,
     train_set: Dataset,
@@ -118,7 +123,7 @@ def build_loaders(
         description = (
             f"device-resident uint8 {spec.dataset} ({len(train_set)} + {len(test_set)} images, {mib:.0f} MiB) "
             f"on {train_loader.device}, batches made on the device"
-        )
+        ) + views_note(views)
         return DataBundle(train_set, test_set, train_loader, test_loader, on_device=True, description=description)
     if views is not None and not hasattr(train_set, "raw_image"):
         raise DataError(
@@ -136,5 +141,5 @@ def build_loaders(
         pin_memory=pin_memory, persistent_workers=spec.num_workers > 0,
     )
     processes = f"{spec.num_workers} worker(s)" if spec.num_workers > 0 else "no worker processes"
-    description = f"DataLoader, {processes}{', pinned memory' if pin_memory else ''}"
+    description = f"DataLoader, {processes}{', pinned memory' if pin_memory else ''}" + views_note(views)
     return DataBundle(train_set, test_set, train_loader, test_loader, on_device=False, description=description)
