@@ -8,6 +8,7 @@ fixed-point affine coordinates), not just the shape of the result.
 
 from __future__ import annotations
 
+import pickle
 from collections import Counter
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def from_pil(image: Image.Image) -> torch.Tensor:
 
 
 def sample_images(channels: int = 3) -> list[torch.Tensor]:
-    """Full-range noise, mid-range noise (autocontrast/equalize have work to do) and a few-level image."""
+    """Full-range noise, mid-range noise (autocontrast/equalize have work to do), few-level images, a flat channel."""
     generator = torch.Generator().manual_seed(0)
     images = []
     for seed in range(4):
@@ -65,6 +66,11 @@ def sample_images(channels: int = 3) -> list[torch.Tensor]:
         images.append(torch.randint(60 + seed, 190, (channels, 32, 32), generator=generator, dtype=torch.uint8))
         levels = torch.randint(0, 6, (channels, 32, 32), generator=generator) * 37 + seed
         images.append(levels.to(torch.uint8))
+    flat = torch.randint(0, 256, (channels, 32, 32), generator=generator, dtype=torch.uint8)
+    flat[0] = 77  # one value: autocontrast and equalize keep the channel
+    if channels > 1:
+        flat[1] = torch.where(flat[1] > 127, 200, 3)  # two values
+    images.append(flat)
     return images
 
 
@@ -177,6 +183,13 @@ def test_uint8_in_uint8_out_of_the_image_size(shape):
         assert out.dtype == torch.uint8 and out.shape == (shape[0], 32, 32)
 
 
+def test_the_view_survives_pickling_for_loader_workers():
+    transform = fixmatch_strong_view(32, ops=3, cutout=0.3, fill=[1, 2, 3])
+    copy = pickle.loads(pickle.dumps(transform))
+    image = sample_images()[0]
+    assert all(torch.equal(draw_view(transform, image, seed), draw_view(copy, image, seed)) for seed in range(10))
+
+
 def test_ops_are_drawn_uniformly_with_replacement_and_magnitudes_in_range():
     torch.manual_seed(0)
     counts: Counter[str] = Counter()
@@ -223,6 +236,18 @@ def test_cutout_always_runs_with_a_side_up_to_the_fraction():
         assert len(rows) and len(cols) and rows.max() - rows.min() + 1 == len(rows)  # one solid block
         assert cols.min() >= 0 and rows.min() >= 0
     assert max(sides) == 16 and min(sides) == 1  # int(s) + 1 pixels a side, s = U(0, 0.5)·32 < 16
+
+
+def test_cutouts_draws_are_the_originals_side_then_numpy_style_centre():
+    """side = U(0, cutout)·W, then x and y as numpy's ``uniform(W)`` (low=W, high=1): a centre in (1, W]."""
+    augment = strong_view.StrongAugment(ops=0, cutout=0.5, fill=[125, 123, 114])
+    image = sample_images()[0]
+    for seed in range(50):
+        torch.manual_seed(seed)
+        u = [torch.rand((), dtype=torch.float64).item() for _ in range(3)]
+        side, x, y = u[0] * 0.5 * 32, 32 + (1.0 - 32) * u[1], 32 + (1.0 - 32) * u[2]
+        torch.manual_seed(seed)
+        assert torch.equal(augment(image), cutout(image, side, x, y, [125, 123, 114])), seed
 
 
 def test_options_are_validated_with_their_range():

@@ -134,8 +134,11 @@ def _lookup(image: Tensor, tables: Tensor) -> Tensor:
 
 
 def _histograms(image: Tensor) -> Tensor:
-    """Per-channel 256-bin histograms (``C×256``, int64)."""
-    return torch.stack([torch.bincount(channel.reshape(-1).to(torch.int64), minlength=256) for channel in image])
+    """Per-channel 256-bin histograms (``C×256``, int64), in one ``bincount``."""
+    channels = image.shape[0]
+    offsets = torch.arange(channels, dtype=torch.int64).view(channels, 1) * 256
+    flat = image.reshape(channels, -1).to(torch.int64) + offsets
+    return torch.bincount(flat.reshape(-1), minlength=256 * channels).view(channels, 256)
 
 
 def _fixed(value: float) -> int:
@@ -186,17 +189,16 @@ def rotation_matrix(degrees: float, width: int, height: int) -> tuple[float, ...
 
 def autocontrast(image: Tensor, _: float = 0.0) -> Tensor:
     """``ImageOps.autocontrast``: stretch each channel's [min, max] to [0, 255] (a flat channel is kept)."""
-    tables = []
-    levels = torch.arange(256, dtype=torch.float64)
-    for histogram in _histograms(image):
-        present = torch.nonzero(histogram).flatten()
-        low, high = int(present[0]), int(present[-1])
-        if high <= low:
-            tables.append(torch.arange(256))
-            continue
-        scale = 255.0 / (high - low)
-        tables.append(torch.floor(levels * scale + (-low * scale)).clamp(0, 255).to(torch.int64))
-    return _lookup(image, torch.stack(tables))
+    flat = image.reshape(image.shape[0], -1)
+    low = flat.amin(dim=1, keepdim=True).to(torch.float64)
+    high = flat.amax(dim=1, keepdim=True).to(torch.float64)
+    flat_channel = high <= low
+    # PIL: scale = 255.0 / (hi - lo), offset = -lo * scale. A true division: ``255.0 / tensor`` would
+    # multiply by a reciprocal instead, one grey level off for some ranges.
+    scale = torch.div(torch.full_like(low, 255.0), torch.where(flat_channel, 1.0, high - low))
+    levels = torch.arange(256, dtype=torch.float64).view(1, 256)
+    stretched = torch.floor(levels * scale + (-low) * scale).clamp(0, 255)
+    return _lookup(image, torch.where(flat_channel, levels, stretched).to(torch.int64))
 
 
 def brightness(image: Tensor, factor: float) -> Tensor:
@@ -217,17 +219,18 @@ def contrast(image: Tensor, factor: float) -> Tensor:
 
 
 def equalize(image: Tensor, _: float = 0.0) -> Tensor:
-    """``ImageOps.equalize``: per channel, ``table[i] = (step // 2 + pixels below i) // step``, capped at 255."""
-    tables = []
-    for histogram in _histograms(image):
-        present = histogram[histogram > 0]
-        step = int(present.sum() - present[-1]) // 255 if len(present) > 1 else 0
-        if step == 0:
-            tables.append(torch.arange(256))
-            continue
-        below = torch.cumsum(histogram, 0) - histogram
-        tables.append(((step // 2 + below) // step).clamp(max=255))
-    return _lookup(image, torch.stack(tables))
+    """``ImageOps.equalize``: per channel, ``table[i] = (step // 2 + pixels below i) // step``, capped at 255.
+
+    ``step = (pixels − count of the channel's top value) // 255``; a channel with one
+    value, or a step of 0, keeps its values.
+    """
+    histograms = _histograms(image)
+    top = image.reshape(image.shape[0], -1).amax(dim=1, keepdim=True).to(torch.int64)
+    pixels = image.shape[1] * image.shape[2]
+    step = (pixels - histograms.gather(1, top)) // 255  # a one-value channel has step 0
+    below = torch.cumsum(histograms, 1) - histograms
+    spread = ((step // 2 + below) // step.clamp(min=1)).clamp(max=255)
+    return _lookup(image, torch.where(step > 0, spread, torch.arange(256).view(1, 256)))
 
 
 def identity(image: Tensor, _: float = 0.0) -> Tensor:
