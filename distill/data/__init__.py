@@ -9,8 +9,8 @@ and ``classes``. A new dataset is one file with a builder decorated by
 ``write_fake_cifar`` writes a small CIFAR in the official format for offline tests.
 """
 
-# Importing the dataset files registers their builders.
-from distill.data import cifar, folder, synthetic  # noqa: E402,F401
+# Importing the dataset files registers their builders; strong_view registers the view ``fixmatch_strong``.
+from distill.data import cifar, folder, strong_view, synthetic  # noqa: E402,F401
 from distill.data.fake_cifar import write_fake_cifar
 from distill.data.registry import (
     DistillDataset,
