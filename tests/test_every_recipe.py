@@ -14,6 +14,7 @@ import torch
 
 from distill.benchmark.tasks import TASKS, TEACHERS
 from distill.cli.recipes import list_recipes
+from distill.data.views import SharedViews, views_per_step
 from distill.engine.trainer import Trainer
 from distill.recipe.load import load_recipe
 from distill.recipe.manifest import MANIFEST_ENV, load_manifest
@@ -66,6 +67,9 @@ def test_recipe_builds_and_takes_one_step(relative, random_teachers, fake_cifar1
     before = [p.detach().clone() for p in student.parameters()]
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(BATCH, 3, 32, 32, generator=generator)
+    views = views_per_step(recipe.data.views)
+    if views > 1:  # a batch as the loader makes it: one tensor per shared view
+        inputs = SharedViews((inputs, *(torch.randn(BATCH, 3, 32, 32, generator=generator) for _ in range(views - 1))))
     labels = torch.randint(0, 100, (BATCH,), generator=generator)
     indices = torch.randperm(trainer.built.train_size, generator=generator)[:BATCH]
     terms, total = trainer.train_step(inputs, labels, indices)
@@ -73,3 +77,5 @@ def test_recipe_builds_and_takes_one_step(relative, random_teachers, fake_cifar1
     assert torch.isfinite(total) and all(torch.isfinite(value) for value in terms.values())
     moved = any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
     assert moved, "the student did not change after one optimisation step"
+    if trainer.built.teacher is not None:
+        assert all(p.grad is None and not p.requires_grad for p in trainer.built.teacher.module.parameters())
