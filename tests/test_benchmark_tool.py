@@ -81,7 +81,7 @@ def test_rejects_unknown_method(benchmark_tool):
 def test_data_only_and_teacher_forward_modes(benchmark_tool, tmp_path, capsys):
     common = ["--steps", "2", "--warmup", "1", "--batch-size", "16", "--workers", "0"]
     data = benchmark_tool.main([*common, "--data-only", "--train-size", "200", "--data-root", str(tmp_path / "data")])
-    assert set(data["images_per_s"]) == {"fast", "reference_kd", "reference_crd"}
+    assert set(data["images_per_s"]) == {"fast", "reference_kd", "reference_crd", "two_views_device", "two_views_workers"}
     assert all(math.isfinite(rate) and rate > 0 for rate in data["images_per_s"].values())
     assert "device-resident" in data["fast_path"]
     forward = benchmark_tool.main([*common, "--teacher-forward", "--teacher", "resnet8"])

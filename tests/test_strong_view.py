@@ -284,3 +284,31 @@ def test_the_view_loads_from_a_recipe_and_bad_options_name_the_key(fake_cifar100
                  "--dry-run"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "cutout must be in [0, 1]" in err[0] and "Traceback" not in err[0]
+
+
+def test_every_constant_follows_the_images_device_and_every_draw_uses_the_cpu_generator():
+    """Device-agnostic without a GPU: with factories defaulting to the 'meta' device, any tensor the ops made
+    without ``device=image.device`` (or a draw without ``device='cpu'``) would meet the CPU image and fail.
+    """
+    images = sample_images()[:4]
+    expected = [[op.apply(image, (op.low + op.high) / 3) for op in STRONG_OPS] for image in images]
+    torch.manual_seed(5)
+    augmented = [strong_view.StrongAugment(2, 0.5, [125, 123, 114])(image) for image in images]
+    with torch.device("meta"):
+        for image, outputs in zip(images, expected):
+            for op, output in zip(STRONG_OPS, outputs):
+                assert torch.equal(op.apply(image, (op.low + op.high) / 3), output), op.name
+        torch.manual_seed(5)
+        again = [strong_view.StrongAugment(2, 0.5, [125, 123, 114])(image) for image in images]
+    assert all(torch.equal(a, b) for a, b in zip(augmented, again))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the same draw on the GPU")
+def test_the_view_draws_the_same_image_on_the_gpu():
+    view = fixmatch_strong_view(32)
+    cuda_state = torch.cuda.get_rng_state()
+    for seed, image in enumerate(sample_images()):
+        on_cpu = draw_view(view, image, seed)
+        on_gpu = draw_view(view, image.cuda(), seed)
+        assert torch.equal(on_gpu.cpu(), on_cpu), seed
+    assert torch.equal(torch.cuda.get_rng_state(), cuda_state)  # drawing a view leaves the CUDA generator alone

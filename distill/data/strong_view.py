@@ -111,7 +111,7 @@ def _blend(degenerate: Tensor, image: Tensor, factor: float) -> Tensor:
     PIL passes ``factor`` as a C ``float`` and computes in float32; so does this.
     """
     base = degenerate.to(torch.float32)
-    step = (image.to(torch.float32) - base) * torch.tensor(factor, dtype=torch.float32)
+    step = (image.to(torch.float32) - base) * torch.tensor(factor, dtype=torch.float32, device=image.device)
     return (base + step).clamp_(0, 255).to(torch.uint8)
 
 
@@ -121,7 +121,7 @@ def luma(image: Tensor) -> Tensor:
         return image.clone()
     if image.shape[0] != 3:
         raise ValueError(f"colour operations need 1 or 3 channels, got an image of {image.shape[0]}")
-    weights = torch.tensor(LUMA_WEIGHTS, dtype=torch.int32).view(3, 1, 1)
+    weights = torch.tensor(LUMA_WEIGHTS, dtype=torch.int32, device=image.device).view(3, 1, 1)
     total = (image.to(torch.int32) * weights).sum(dim=0, keepdim=True) + 32768
     return (total >> 16).to(torch.uint8)
 
@@ -136,7 +136,7 @@ def _lookup(image: Tensor, tables: Tensor) -> Tensor:
 def _histograms(image: Tensor) -> Tensor:
     """Per-channel 256-bin histograms (``C×256``, int64), in one ``bincount``."""
     channels = image.shape[0]
-    offsets = torch.arange(channels, dtype=torch.int64).view(channels, 1) * 256
+    offsets = torch.arange(channels, dtype=torch.int64, device=image.device).view(channels, 1) * 256
     flat = image.reshape(channels, -1).to(torch.int64) + offsets
     return torch.bincount(flat.reshape(-1), minlength=256 * channels).view(channels, 256)
 
@@ -159,20 +159,20 @@ def _affine_nearest(image: Tensor, matrix: Sequence[float]) -> Tensor:
     a, b, c, d, e, f = (float(value) for value in matrix)
     _, height, width = image.shape
     if b == 0 and d == 0:
-        xs = torch.arange(width, dtype=torch.float64).view(1, width)
-        ys = torch.arange(height, dtype=torch.float64).view(height, 1)
+        xs = torch.arange(width, dtype=torch.float64, device=image.device).view(1, width)
+        ys = torch.arange(height, dtype=torch.float64, device=image.device).view(height, 1)
         source_x = torch.floor((c + a * 0.5) + xs * a).expand(height, width)
         source_y = torch.floor((f + e * 0.5) + ys * e).expand(height, width)
     else:
-        xs = torch.arange(width, dtype=torch.int64).view(1, width)
-        ys = torch.arange(height, dtype=torch.int64).view(height, 1)
+        xs = torch.arange(width, dtype=torch.int64, device=image.device).view(1, width)
+        ys = torch.arange(height, dtype=torch.int64, device=image.device).view(height, 1)
         start_x, start_y = _fixed(c + a * 0.5 + b * 0.5), _fixed(f + d * 0.5 + e * 0.5)
         source_x = torch.div(start_x + xs * _fixed(a) + ys * _fixed(b), 65536, rounding_mode="floor")
         source_y = torch.div(start_y + xs * _fixed(d) + ys * _fixed(e), 65536, rounding_mode="floor")
     inside = (source_x >= 0) & (source_x < width) & (source_y >= 0) & (source_y < height)
     index = (source_y.clamp(0, height - 1) * width + source_x.clamp(0, width - 1)).to(torch.int64)
     picked = image.reshape(image.shape[0], -1)[:, index.reshape(-1)].reshape(image.shape)
-    return torch.where(inside, picked, torch.zeros((), dtype=image.dtype))
+    return torch.where(inside, picked, torch.zeros((), dtype=image.dtype, device=image.device))
 
 
 def rotation_matrix(degrees: float, width: int, height: int) -> tuple[float, ...]:
@@ -196,7 +196,7 @@ def autocontrast(image: Tensor, _: float = 0.0) -> Tensor:
     # PIL: scale = 255.0 / (hi - lo), offset = -lo * scale. A true division: ``255.0 / tensor`` would
     # multiply by a reciprocal instead, one grey level off for some ranges.
     scale = torch.div(torch.full_like(low, 255.0), torch.where(flat_channel, 1.0, high - low))
-    levels = torch.arange(256, dtype=torch.float64).view(1, 256)
+    levels = torch.arange(256, dtype=torch.float64, device=image.device).view(1, 256)
     stretched = torch.floor(levels * scale + (-low) * scale).clamp(0, 255)
     return _lookup(image, torch.where(flat_channel, levels, stretched).to(torch.int64))
 
@@ -230,7 +230,7 @@ def equalize(image: Tensor, _: float = 0.0) -> Tensor:
     step = (pixels - histograms.gather(1, top)) // 255  # a one-value channel has step 0
     below = torch.cumsum(histograms, 1) - histograms
     spread = ((step // 2 + below) // step.clamp(min=1)).clamp(max=255)
-    return _lookup(image, torch.where(step > 0, spread, torch.arange(256).view(1, 256)))
+    return _lookup(image, torch.where(step > 0, spread, torch.arange(256, device=image.device).view(1, 256)))
 
 
 def identity(image: Tensor, _: float = 0.0) -> Tensor:
@@ -316,11 +316,11 @@ def draw_ops(count: int, table: Sequence[StrongOp] = STRONG_OPS) -> list[tuple[S
     The choices come first, then one magnitude per choice, as the original's
     ``random.choices`` then ``random.random()`` per op; all from torch's generator.
     """
-    chosen = torch.randint(len(table), (count,)).tolist()
+    chosen = torch.randint(len(table), (count,), device="cpu").tolist()
     drawn = []
     for index in chosen:
         op = table[index]
-        drawn.append((op, op.low + (op.high - op.low) * torch.rand((), dtype=torch.float64).item()))
+        drawn.append((op, op.low + (op.high - op.low) * torch.rand((), dtype=torch.float64, device="cpu").item()))
     return drawn
 
 
@@ -350,7 +350,7 @@ def cutout(image: Tensor, side: float, centre_x: float, centre_y: float, fill: S
     x1 = int(min(width, x0 + side))
     y1 = int(min(height, y0 + side))
     out = image.clone()
-    colour = torch.tensor(channel_fill(fill, channels), dtype=image.dtype).view(channels, 1, 1)
+    colour = torch.tensor(channel_fill(fill, channels), dtype=image.dtype, device=image.device).view(channels, 1, 1)
     out[:, y0 : min(y1, height - 1) + 1, x0 : min(x1, width - 1) + 1] = colour
     return out
 
@@ -368,11 +368,11 @@ class StrongAugment:
         for op, magnitude in draw_ops(self.ops, self.table):
             image = op.apply(image, magnitude)
         _, height, width = image.shape
-        side = torch.rand((), dtype=torch.float64).item() * self.cutout * width
+        side = torch.rand((), dtype=torch.float64, device="cpu").item() * self.cutout * width
         if side <= 0:
             return image
-        centre_x = width + (1 - width) * torch.rand((), dtype=torch.float64).item()  # numpy's uniform(low=W, high=1)
-        centre_y = height + (1 - height) * torch.rand((), dtype=torch.float64).item()
+        centre_x = width + (1 - width) * torch.rand((), dtype=torch.float64, device="cpu").item()  # numpy's uniform(low=W, high=1)
+        centre_y = height + (1 - height) * torch.rand((), dtype=torch.float64, device="cpu").item()
         return cutout(image, side, centre_x, centre_y, self.fill)
 
     def __repr__(self) -> str:

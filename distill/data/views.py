@@ -210,9 +210,14 @@ def view_seed(seed: int, slot: int, epoch: int, index: int) -> int:
 
 
 def draw_view(transform: ViewTransform, image: Tensor, seed: int) -> Tensor:
-    """``transform(image)`` with torch's generator seeded by ``seed``; the caller's generator state is kept."""
+    """``transform(image)`` with torch's CPU generator seeded by ``seed``; the caller's generator state is kept.
+
+    Views draw their random numbers on the CPU generator, whatever the image's device, so a
+    view is the same on every device; only that generator is seeded (``torch.manual_seed``
+    would also reseed every CUDA generator, which ``fork_rng(devices=[])`` does not restore).
+    """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)
         return transform(image)
 
 
