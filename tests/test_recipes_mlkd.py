@@ -50,6 +50,7 @@ def test_mlkd_and_mlkd_ls_carry_the_authors_settings(task):
     mlkd, mlkd_ls = load("mlkd", task), load("mlkd_ls", task)
     for recipe in (mlkd, mlkd_ls):
         assert recipe.data.views == WEAK_AND_STRONG
+        assert recipe.data.loader == "workers"  # the strong view is drawn in parallel with the step
         assert recipe.schedule.milestones == [150, 180, 210] and recipe.schedule.gamma == 0.1
         assert (recipe.optimizer.momentum, recipe.optimizer.weight_decay, recipe.data.batch_size) == (0.9, 5e-4, 64)
         assert recipe.losses["ce"].weight == 0.1
