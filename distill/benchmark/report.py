@@ -37,10 +37,12 @@ METRICS: tuple[str, ...] = ("final", "best")
 
 METHOD_ORDER: tuple[str, ...] = (
     "teacher", "vanilla", "kd", "hint", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst",
-    "crd", "crd_kd", "dkd", "kd_ls", "dkd_ls", "mlkd", "mlkd_ls", "dist", "ttm", "wttm", "wttm_crd",
-    "ml_cpc", "ml_cpc_kd", "crd_infomin", "ml_cpc_infomin", "segmental", "segmental_kd",
+    "crd", "crd_kd", "dkd", "kd_ls", "dkd_ls", "mlkd", "mlkd_ls", "kd_2view", "kd_ls_2view", "dist", "ttm", "wttm",
+    "wttm_crd", "ml_cpc", "ml_cpc_kd", "reviewkd", "itrd", "wttm_itrd", "crd_infomin", "ml_cpc_infomin", "segmental",
+    "segmental_kd",
 )  # fmt: skip
-"""Row order: the CRD paper's, then the later methods; other methods follow alphabetically."""
+"""Row order: the CRD paper's, then the later methods (MLKD's compute-matched baselines beside it; the
+representation distillers of issue 16 after ML-CPC); other methods follow alphabetically."""
 
 REFERENCE_EPOCHS = 240
 """The CRD paper's schedule; cells of runs trained for another number of epochs say so."""
