@@ -283,3 +283,15 @@ def test_crd_with_in_batch_negatives_trains_an_epoch_through_the_cli(fake_cifar1
     assert refused == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert "losses.crd" in err and "num_negatives does not apply to bank: batch" in err and "Traceback" not in err
+
+
+def test_the_mi_bench_says_its_negatives_are_in_batch_and_what_the_ceilings_become(tmp_path, capsys):
+    from distill.mi_bench.estimators import pairwise_logits
+
+    scores = torch.arange(16.0).reshape(4, 4)
+    assert torch.equal(pairwise_logits(scores), diagonal_first(scores))  # the bench's layout is bank: batch's
+    args = ["mi-bench", "--output", str(tmp_path), "--steps", "2", "--levels", "1", "--batch-size", "8", "--estimators", "cpc", "--no-figure"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "negatives: the other n − 1 = 7 pairs of the batch (as the losses' bank: batch with B_global = n)" in out
+    assert "the ceiling is log n for CPC/InfoNCE, log(n/α) for α-CPC and α-ML-CPC" in out
