@@ -263,6 +263,7 @@ def cli_overrides(data_root: Path, teacher: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_crd_with_in_batch_negatives_trains_an_epoch_through_the_cli(fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / "crd_batch"

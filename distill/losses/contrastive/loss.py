@@ -41,7 +41,12 @@ from distill.losses.contrastive.estimators import (
     nce_loss,
 )
 from distill.losses.contrastive.heads import ProjectionHead
-from distill.losses.contrastive.in_batch import excluded_negatives, gather_with_local_gradient, in_batch_logits
+from distill.losses.contrastive.in_batch import (
+    EXCLUDED_LOG_SCORE,
+    excluded_negatives,
+    gather_with_local_gradient,
+    in_batch_logits,
+)
 from distill.losses.contrastive.memory_bank import EmbeddingQueue, MomentumMemoryBank
 from distill.losses.contrastive.negatives import (
     SamplingMode,
@@ -224,7 +229,9 @@ class ContrastiveDistillLoss(DistillLoss):
         self._pending_generator_state = state.get("generator")
 
     def candidates(self, batch: Batch, memory: MomentumMemoryBank | EmbeddingQueue) -> Tensor:
-        """[B, K+1] memory rows to score: the positive first, then K negatives."""
+        """[B, K+1] memory rows to score: the positive first, then K negatives (not for ``bank: batch``)."""
+        if self.bank_kind == "batch":
+            raise ValueError("bank: batch draws no candidates: every other sample of the global batch is one")
         labels = batch.labels.to(self.dataset_labels.device)
         generator = self.generator(labels.device)
         if isinstance(memory, MomentumMemoryBank):
@@ -311,9 +318,8 @@ class ContrastiveDistillLoss(DistillLoss):
         )
         loss = students.new_zeros(())
         for side, (anchors, others) in enumerate(((students, teachers), (teachers, students))):
-            logits = in_batch_logits(anchors, others, self.temperature, excluded)
-            z_logits = in_batch_logits(anchors, others, self.temperature) if self.estimator == "nce" else None
-            loss = loss + self.criterion(logits, side, z_logits)
+            scores = in_batch_logits(anchors, others, self.temperature)
+            loss = loss + self.criterion(scores.masked_fill(excluded, EXCLUDED_LOG_SCORE), side, z_logits=scores)
         return loss
 
     @torch.no_grad()
