@@ -11,6 +11,14 @@ the negatives on the device costs. Defaults: N=50000, K=16384, B=64, feat_dim=12
 embedding dims 256 (resnet32x4 → resnet8x4).
 
     python tools/bench_contrastive.py [--device cuda] [--repeats 7] [--loss crd]
+
+``--state-memory`` instead prints the bytes of the loss's state (every parameter and
+buffer of the module, the projection heads included) for ``bank: memory``, ``queue``
+and ``batch`` at N = 50 000 (CIFAR) and N = 1 281 167 (ImageNet-1k): ``state`` counts
+the loss's copy of the dataset's labels (a non-persistent buffer), ``in checkpoints``
+does not:
+
+    python tools/bench_contrastive.py --state-memory [--dataset-sizes 50000,1281167]
 """
 
 from __future__ import annotations
@@ -102,6 +110,34 @@ def negatives_time(args: argparse.Namespace, device: torch.device) -> float:
     return statistics.median(times[1:])
 
 
+def state_bytes(module: torch.nn.Module) -> tuple[int, int]:
+    """(bytes of all parameters and buffers, bytes of those a checkpoint holds)."""
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    saved = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    return total, saved
+
+
+def state_memory(args: argparse.Namespace) -> None:
+    """Print the loss module's state size per bank kind and dataset size (built on the CPU)."""
+    sizes = [int(part) for part in args.dataset_sizes.split(",")]
+    print(
+        f"{args.loss} loss state (parameters + buffers), feat_dim={args.feat_dim}, embed={args.embed_dim}, "
+        f"queue_size=16384, B={args.batch_size}; float32 banks, int64 labels"
+    )
+    for n in sizes:
+        for bank in ("memory", "queue", "batch"):
+            shapes = FeatureShapes(maps=[], preact_maps=[], pooled=(args.embed_dim,), logits=(100,))
+            labels = torch.arange(n) % 100
+            context = LossContext(
+                student=shapes, teacher=shapes, num_classes=100, dataset_size=n, labels=labels, batch_size=args.batch_size
+            )
+            loss = build_loss(args.loss, context, {"feat_dim": args.feat_dim, "bank": bank})
+            total, saved = state_bytes(loss)
+            print(f"  N={n:>9}  bank {bank:<6}  state {total / 2**20:9.2f} MiB   in checkpoints {saved / 2**20:9.2f} MiB")
+            del loss
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -112,7 +148,12 @@ def main() -> None:
     parser.add_argument("--feat-dim", type=int, default=128)
     parser.add_argument("--embed-dim", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--state-memory", action="store_true", help="print the loss's state size per bank kind instead")
+    parser.add_argument("--dataset-sizes", default="50000,1281167", help="N values for --state-memory")
     args = parser.parse_args()
+    if args.state_memory:
+        state_memory(args)
+        return
     device = torch.device(args.device)
     print(
         f"{args.loss} step (forward+backward+update), N={args.dataset_size} K={args.negatives} B={args.batch_size} "

@@ -54,7 +54,11 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         "--steps", type=int, metavar="N", help=f"training steps in all, split evenly over the levels (quick: {QUICK.steps})"
     )
     parser.add_argument(
-        "--batch-size", type=int, metavar="N", help=f"n, pairs per batch; the CPC ceiling is log n (default {QUICK.batch_size})"
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help=f"n, pairs per batch; each positive's negatives are the n - 1 others, so the CPC ceiling is log n "
+        f"(default {QUICK.batch_size})",
     )
     parser.add_argument("--levels", metavar="LIST", help="the true MI of each stair, in nats (default 2,4,6,8,10)")
     parser.add_argument(
@@ -132,7 +136,11 @@ def summary_table(result: BenchResult) -> str:
 
     n = result.config.batch_size
     levels = list(dict.fromkeys(result.true_mi))
-    lines = [f"estimate at each level (mean over the second half of its steps); n = {n}, log n = {math.log(n):.2f}"]
+    lines = [
+        f"estimate at each level (mean over the second half of its steps); n = {n}, log n = {math.log(n):.2f}",
+        f"negatives: the other n − 1 = {n - 1} pairs of the batch (as the losses' bank: batch with B_global = n): "
+        "the ceiling is log n for CPC/InfoNCE, log(n/α) for α-CPC and α-ML-CPC, log(n − 1) for NCE",
+    ]
     for critic in dict.fromkeys(curve.critic for curve in result.curves):
         lines.append(f"\n{critic} critic")
         lines.append(f"  {'estimator':<24}" + "".join(f"{f'I={level:g}':>8}" for level in levels) + f"{'ceiling':>9}")

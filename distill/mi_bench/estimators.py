@@ -49,6 +49,7 @@ from distill.losses.contrastive.estimators import (
     nce_loss,
     nwj_bound,
 )
+from distill.losses.contrastive.in_batch import diagonal_first
 from distill.mi_bench.errors import MIBenchError
 from distill.registry import Registry
 
@@ -229,10 +230,10 @@ def pairwise_logits(scores: Tensor) -> Tensor:
     Row i becomes (S[i, i], S[i, i+1], …, S[i, n−1], S[i, 0], …, S[i, i−1]): each
     row rotated left by i, so column 0 holds the diagonal and columns 1..n−1 the
     n − 1 in-batch negatives y_j, j ≠ i (their order does not matter to any
-    estimator). Differentiable (a gather).
+    estimator). Differentiable (a gather). This is the layout of the contrastive
+    losses' in-batch negatives (``bank: batch``), so the bench's ceilings (log n for
+    CPC, log(n/α) for the α-family) are theirs with n = B_global.
     """
     if scores.dim() != 2 or scores.shape[0] != scores.shape[1]:
         raise ValueError(f"scores must be a square [n, n] matrix with the positives on the diagonal, got {tuple(scores.shape)}")
-    n = scores.shape[0]
-    index = torch.arange(n, device=scores.device)
-    return scores.gather(1, (index.unsqueeze(1) + index.unsqueeze(0)) % n)
+    return diagonal_first(scores)
