@@ -8,6 +8,7 @@ through one trainable ``nn.Linear(student dim, teacher dim)`` with bias (the ref
 **Correlation** (always on the projected student ẑ_s = W f_s + b, even when the dims agree):
 
     x̂ = (x − mean_b x) / std_b x          per dimension, over the batch; unbiased std, no ε
+                                           (a dimension constant over the batch: x̂ = 0, see below)
     c_k = (1/B) Σ_b ŝ[b,k] · t̂[b,k]       the diagonal of the cross-correlation matrix only
     L_corr = log₂ Σ_k ((c_k − 1)²)^α       α = ``alpha`` (the reference's ``--alpha_it``)
 
@@ -54,8 +55,11 @@ Differences from the reference:
     off for losses); the reference ran in float32.
   * A batch of fewer than 2 samples has no unbiased std; the reference gives NaN, this loss
     gives 0 (connected to the projection so every trainable parameter gets a zero gradient).
-  * A feature dimension constant over the batch (std 0) still gives NaN, as coded: the
-    reference has no ε and neither does this loss. The trainer's non-finite check stops such a run.
+  * A feature dimension constant over the batch (std 0: a teacher channel after ReLU that is
+    zero on every image of the batch, common in randomly initialised networks and possible in
+    trained ones) makes the reference's z-score 0/0 = NaN, which ends its run. Here that
+    dimension's z-scores are 0, so its c_k = 0 and it adds 1 to the sum (an uncorrelated
+    dimension). No ε anywhere: every other dimension is computed exactly as coded.
   * With several processes each computes the batch statistics on its own part of the batch
     (no gathering), as the per-process batch of a DDP run; the reference ran on one GPU with
     batch 64.
@@ -83,16 +87,21 @@ MiProjection = Literal["code", "always"]
 
 def _check_pair(name: str, student: Tensor, teacher: Tensor) -> None:
     if student.dim() != 2 or teacher.dim() != 2 or student.shape[0] != teacher.shape[0]:
-        raise ValueError(
-            f"itrd {name} needs two B×D feature batches of the same B, got {tuple(student.shape)} and {tuple(teacher.shape)}"
-        )
+        raise ValueError(f"itrd {name} needs two B×D feature batches of the same B, got {tuple(student.shape)} and {tuple(teacher.shape)}")
     if student.shape[0] < 2:
         raise ValueError(f"itrd {name} needs at least 2 samples (the batch statistics), got {student.shape[0]}")
 
 
 def standardize_over_batch(features: Tensor) -> Tensor:
-    """(x − mean over the batch) / unbiased std over the batch, per dimension, no ε (the reference's ``std(0)``)."""
-    return (features - features.mean(dim=0)) / features.std(dim=0)
+    """(x − mean over the batch) / unbiased std over the batch, per dimension, no ε (the reference's ``std(0)``).
+
+    A dimension constant over the batch (std 0, e.g. a ReLU channel dead on every image of
+    the batch) is all zeros here: its centred values are exactly 0, and 0 is returned where
+    the reference's 0/0 gives NaN. Every other dimension is divided by its std unchanged.
+    """
+    centred = features - features.mean(dim=0)
+    std = features.std(dim=0)
+    return centred / torch.where(std > 0, std, torch.ones_like(std))
 
 
 def itrd_correlation(projected_student: Tensor, teacher: Tensor, alpha: float) -> Tensor:
