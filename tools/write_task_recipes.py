@@ -64,6 +64,20 @@ METHODS: dict[str, tuple[tuple[str, ...], bool, str]] = {
         "WTTM+CRD (Zheng & Yang 2024): {teacher} → {student}, CE + 0.8·CRD + 4·WTTM (gamma=0.2): the published "
         "vgg13→vgg8 example for every task, not the per-task settings (paper Appendix A.4, unread); may not reproduce",
     ),
+    # ITRD's alpha differs between the same-family and the cross-family pairs, so its fragment is per task.
+    "itrd": (
+        ("itrd/{task}",),
+        True,
+        "ITRD (Miles et al. 2022): {teacher} → {student}, CE + (2·L_corr + 1·L_MI) on the pooled features, "
+        "the README's per-pair alpha (1.01 same-family, 1.5 cross-family)",
+    ),
+    "wttm_itrd": (
+        ("itrd/{task}", "plus_wttm"),
+        True,
+        "WTTM+ITRD (Zheng & Yang 2024): {teacher} → {student}, CE + ITRD (ITRD's per-pair alpha) + 4·WTTM "
+        "(gamma=0.2): the published WTTM+CRD vgg13→vgg8 WTTM example for every task, not the per-task settings "
+        "(paper Appendix A.4, unread); may not reproduce",
+    ),
 }
 
 CLASSIC = {

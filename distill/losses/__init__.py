@@ -16,6 +16,7 @@ from distill.losses import (  # noqa: E402,F401
     fitnet,
     fsp,
     ft,
+    itrd,
     kd,
     mlkd,
     nst,
