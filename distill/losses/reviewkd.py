@@ -38,11 +38,12 @@ MSE is the mean over all elements. The loss is the **sum** over levels (not a me
 
 and the recipe weights it (w_RKD) beside CE (weight 1). There is no logit term.
 
-Sources (read, not copied): ``dvlab-research/ReviewKD`` @ cede6ea,
+Sources (read, not copied): ``dvlab-research/ReviewKD`` @ 6607308,
 ``CIFAR-100/model/reviewkd.py`` (ABF L20-56, ReviewKD L58-86, ``build_review_kd``
-L90-158, ``hcl`` L160-177), and the re-implementation ``megvii-research/mdistiller``,
+L90-158, ``hcl`` L160-177) and ``CIFAR-100/script/reviewKD.sh`` (the per-task weights),
+and the re-implementation ``megvii-research/mdistiller`` @ e8c5bb3,
 ``mdistiller/distillers/ReviewKD.py`` (``hcl_loss`` L11-28, ``ReviewKD`` L31-103 with the
-feature lists L71-91 and the warm-up L94-98, ``ABF`` L106-144).
+feature lists L71-91 and the warm-up L94-98, ``ABF`` L106-144). The paper itself was not read.
 
 Where this differs from those, and why:
 
