@@ -103,6 +103,16 @@ METHODS["dkd"] = (
     "DKD (Zhao et al. 2022): {teacher} → {student}, CE + DKD with the authors' per-task settings (mdistiller)",
 )
 
+# ReviewKD (Chen et al., CVPR 2021): the loss weight differs per task (the official script/reviewKD.sh; our
+# choice, said in the fragment, for the five tasks it omits), so its fragment is per task.
+METHODS["reviewkd"] = (
+    ("reviewkd/{task}",),
+    True,
+    "ReviewKD (Chen et al. 2021): {teacher} → {student}, CE + w·ReviewKD (ABF fusion + HCL, 20-epoch warm-up), w "
+    "from the official script/reviewKD.sh where it has this task, else our choice (see the fragment); mdistiller's "
+    "optimisation",
+)
+
 # Logit standardization (Sun et al., CVPR 2024) on KD and DKD: (τ, w) per task from the authors' logs,
 # so per-task fragments; three tasks have no published run and get the authors' default (τ 2, w 9).
 LS_UNPUBLISHED = ("ResNet50-vgg8", "resnet32x4-ShuffleV1", "wrn_40_2-ShuffleV1")

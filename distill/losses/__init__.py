@@ -21,6 +21,7 @@ from distill.losses import (  # noqa: E402,F401
     mlkd,
     nst,
     pkt,
+    reviewkd,
     rkd,
     segmental,
     similarity,
