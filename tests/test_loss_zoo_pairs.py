@@ -34,7 +34,7 @@ def model(arch: str) -> torch.nn.Module:
 def test_the_zoo_is_complete():
     expected = {
         "ce", "kd", "crd", "cpc", "ml_cpc", "hint", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "dkd",
-        "dist", "ttm", "wttm", "mlkd", "itrd",
+        "dist", "ttm", "wttm", "mlkd", "itrd", "reviewkd",
     }
     assert expected <= set(ZOO_LOSSES)
 

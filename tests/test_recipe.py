@@ -220,7 +220,8 @@ def test_the_shipped_recipe_set_is_complete():
     assert len([n for n in names if n.startswith("cifar100/vanilla/")]) == 13
     methods = (
         "vanilla", "kd", "crd", "crd_kd", "ml_cpc", "ml_cpc_kd", "segmental", "segmental_kd", "dkd", "hint", "at", "sp", "cc", "vid",
-        "rkd", "pkt", "ab", "ft", "nst", "kd_ls", "dkd_ls", "dist", "wttm", "wttm_crd", "itrd", "wttm_itrd", *TWO_VIEW_FAMILIES,
+        "rkd", "pkt", "ab", "ft", "nst", "kd_ls", "dkd_ls", "dist", "wttm", "wttm_crd", "itrd", "wttm_itrd",
+        "reviewkd", *TWO_VIEW_FAMILIES,
     )
     for method in methods:
         assert len([n for n in names if n.startswith(f"cifar100/{method}/")]) == 13, method

@@ -220,7 +220,7 @@ def test_published_method_keys_are_the_recipe_folders():
     assert rows - folders == {"ttm"}
 
 
-NEW_METHODS = ("kd_ls", "dkd_ls", "mlkd", "mlkd_ls", "dist", "ttm", "wttm", "wttm_crd", "itrd", "wttm_itrd")
+NEW_METHODS = ("kd_ls", "dkd_ls", "mlkd", "mlkd_ls", "dist", "ttm", "wttm", "wttm_crd", "itrd", "wttm_itrd", "reviewkd")
 
 
 def test_the_new_methods_rows_load_with_their_sources_and_protocols():
