@@ -325,3 +325,11 @@ def test_one_epoch_of_itrd_on_two_processes(fake_cifar100, tiny_teacher, tmp_pat
     assert row["epoch"] == 1 and math.isfinite(row["test/top1"])
     assert math.isfinite(row["train/loss/itrd"])
     assert row["train/loss/total"] == pytest.approx(row["train/loss/ce"] + row["train/loss/itrd"], rel=1e-5)
+
+
+def test_the_summary_line_names_the_weights_what_the_mi_term_sees_and_the_projection():
+    """The trainer logs it after ``loss itrd: `` (so it does not repeat the name)."""
+    assert itrd(6, 4, alpha=1.5).summary() == (
+        "2.0·L_corr (alpha=1.5) + 1.0·L_MI on the projected student; projection Linear(6 → 4)"
+    )
+    assert "on the raw student (dims agree, as the reference)" in itrd(4, 4).summary()

@@ -383,7 +383,7 @@ def test_a_call_with_the_records_of_one_view_is_refused():
 
 def test_summary_names_the_temperatures_the_form_and_ls():
     loss = build_loss("mlkd", mlkd_context(10), {"temperature": 2.0, "standardize": True})
-    assert loss.summary() == "mlkd: T = (2, 3, 5, 2, 6), code form, KL logits standardized (code form)"
+    assert loss.summary() == "T = (2, 3, 5, 2, 6), code form, KL logits standardized (code form)"
     plain = build_loss("mlkd", mlkd_context(10), {"form": "intended"})
-    assert plain.summary() == "mlkd: T = (4, 3, 5, 2, 6), intended form, no logit standardization"
+    assert plain.summary() == "T = (4, 3, 5, 2, 6), intended form, no logit standardization"
     assert "form='intended'" in repr(plain)

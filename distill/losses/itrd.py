@@ -199,7 +199,7 @@ class ITRDLoss(DistillLoss):
     def summary(self) -> str:
         seen = "the projected student" if self.mi_sees_projection else "the raw student (dims agree, as the reference)"
         return (
-            f"itrd: {self.corr_weight}·L_corr (alpha={self.alpha}) + {self.mi_weight}·L_MI on {seen}; "
+            f"{self.corr_weight}·L_corr (alpha={self.alpha}) + {self.mi_weight}·L_MI on {seen}; "
             f"projection Linear({self.student_dim} → {self.teacher_dim})"
         )
 

@@ -329,7 +329,7 @@ class MLKDLoss(MultiViewLoss):
     def summary(self) -> str:
         temperatures = ", ".join(f"{t:g}" for t in temperature_slots(self.temperature))
         ls = f"KL logits standardized ({self.standardize_form} form)" if self.standardize else "no logit standardization"
-        return f"mlkd: T = ({temperatures}), {self.form} form, {ls}"
+        return f"T = ({temperatures}), {self.form} form, {ls}"
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, form={self.form!r}, standardize={self.standardize}"
