@@ -121,7 +121,7 @@ class DISTLoss(DistillLoss):
 
     def summary(self) -> str:
         ls = ", logits standardized first" if self.standardize else ""
-        return f"dist: tau={self.tau}, beta={self.beta}, gamma={self.gamma} (tau² on both terms){ls}"
+        return f"tau={self.tau}, beta={self.beta}, gamma={self.gamma} (tau² on both terms){ls}"
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, beta={self.beta}, gamma={self.gamma}, standardize={self.standardize}"

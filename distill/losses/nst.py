@@ -62,7 +62,7 @@ class NSTLoss(DistillLoss):
 
     def summary(self) -> str:
         pairs = ", ".join(f"{format_shape(s)}→{format_shape(t)}" for s, t in self.pairs)
-        return f"nst: poly-kernel MMD² over {len(self.pairs)} map pairs (student→teacher: {pairs})"
+        return f"poly-kernel MMD² over {len(self.pairs)} map pairs (student→teacher: {pairs})"
 
     def extra_repr(self) -> str:
         return f"layers={len(self.pairs)}"

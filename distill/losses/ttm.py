@@ -121,7 +121,7 @@ class TTMLoss(DistillLoss):
     def summary(self) -> str:
         weight = ", each sample weighted by U_gamma(p_t) = sum_k p_t(k)^gamma" if self.weighted else ""
         ls = ", logits standardized first" if self.standardize else ""
-        return f"{self.method}: gamma={self.gamma} (teacher T = {1 / self.gamma:g}, student T = 1, no T² factor){weight}{ls}"
+        return f"gamma={self.gamma} (teacher T = {1 / self.gamma:g}, student T = 1, no T² factor){weight}{ls}"
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, standardize={self.standardize}"
