@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from distill.losses.base import Batch, DistillLoss, LossContext
-from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, standardize_pair
+from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, compared_logits
 from distill.losses.precision import at_least_float32
 from distill.losses.registry import register_loss
 from distill.models.features import FeatureRecord
@@ -114,9 +114,7 @@ class DISTLoss(DistillLoss):
         self.standardize, self.standardize_form = standardize, standardize_form
 
     def forward(self, student: FeatureRecord, teacher: FeatureRecord | None, batch: Batch) -> Tensor:
-        student_logits, teacher_logits = student.logits, teacher.logits
-        if self.standardize:
-            student_logits, teacher_logits = standardize_pair(student_logits, teacher_logits, self.standardize_form)
+        student_logits, teacher_logits = compared_logits(student.logits, teacher.logits, self.standardize, self.standardize_form)
         return dist_loss(student_logits, teacher_logits, self.tau, self.beta, self.gamma)
 
     def summary(self) -> str:

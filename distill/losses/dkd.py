@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.losses.base import Batch, DistillLoss, LossContext
-from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, standardize_pair
+from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, compared_logits
 from distill.losses.registry import register_loss
 from distill.models.features import FeatureRecord
 
@@ -170,9 +170,7 @@ class DKDLoss(DistillLoss):
         self.warmup_factor = 1.0 if self.warmup == 0 else min(epoch / self.warmup, 1.0)
 
     def forward(self, student: FeatureRecord, teacher: FeatureRecord | None, batch: Batch) -> Tensor:
-        student_logits, teacher_logits = student.logits, teacher.logits
-        if self.standardize:
-            student_logits, teacher_logits = standardize_pair(student_logits, teacher_logits, self.standardize_form)
+        student_logits, teacher_logits = compared_logits(student.logits, teacher.logits, self.standardize, self.standardize_form)
         loss = dkd_loss(student_logits, teacher_logits, batch.labels, self.alpha, self.beta, self.temperature)
         return self.warmup_factor * loss
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.losses.base import Batch, DistillLoss, LossContext
-from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, standardize_pair
+from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, compared_logits
 from distill.losses.registry import register_loss
 from distill.models.features import FeatureRecord
 
@@ -65,9 +65,7 @@ class KDLoss(DistillLoss):
         self.standardize_form = standardize_form
 
     def forward(self, student: FeatureRecord, teacher: FeatureRecord | None, batch: Batch) -> Tensor:
-        student_logits, teacher_logits = student.logits, teacher.logits
-        if self.standardize:
-            student_logits, teacher_logits = standardize_pair(student_logits, teacher_logits, self.standardize_form)
+        student_logits, teacher_logits = compared_logits(student.logits, teacher.logits, self.standardize, self.standardize_form)
         return kd_divergence(student_logits, teacher_logits, self.temperature)
 
     def summary(self) -> str | None:

@@ -13,7 +13,7 @@ published numbers, so it is the default here; ``unbiased=False, eps=0`` is the p
 form. For K = 100 classes the two differ by √(99/100), a 0.5 % change of τ.
 
 Losses switch it on with two parameters, ``standardize`` (bool) and ``standardize_form``
-(``"code"`` or ``"paper"``); :func:`standardize_as` and :func:`check_standardize_options`
+(``"code"`` or ``"paper"``); :func:`compared_logits` and :func:`check_standardize_options`
 serve them all, so kd, dkd and later logit losses read the same way in a recipe.
 """
 
@@ -65,6 +65,16 @@ def standardize_pair(student_logits: Tensor, teacher_logits: Tensor, form: Stand
     The teacher's logits are detached: they are the target, never trained through.
     """
     return standardize_as(student_logits, form), standardize_as(teacher_logits.detach(), form)
+
+
+def compared_logits(
+    student_logits: Tensor, teacher_logits: Tensor, standardize: bool, form: StandardizeForm
+) -> tuple[Tensor, Tensor]:
+    """The logit pair a logit loss compares: :func:`standardize_pair` in ``form`` when ``standardize`` is on,
+    else the logits as they are (the one switch every logit loss reads the same way)."""
+    if standardize:
+        return standardize_pair(student_logits, teacher_logits, form)
+    return student_logits, teacher_logits
 
 
 def check_standardize_options(loss: str, standardize: bool, form: str) -> None:

@@ -81,7 +81,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.losses.base import Batch, LossContext, MultiViewLoss
-from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, standardize_pair
+from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, compared_logits
 from distill.losses.precision import at_least_float32
 from distill.losses.registry import register_loss
 from distill.models.features import FeatureRecord
@@ -245,7 +245,7 @@ def mlkd_terms(
     student = [at_least_float32(s) for s in student_logits]
     teacher = [at_least_float32(t.detach()).to(s.dtype) for s, t in zip(student, teacher_logits)]
     raw = list(zip(student, teacher))
-    kl_pairs = [standardize_pair(s, t, standardize_form) for s, t in raw] if standardize else raw
+    kl_pairs = [compared_logits(s, t, standardize, standardize_form) for s, t in raw]
     inputs = {False: raw, True: kl_pairs}  # by Measure.standardized: LS reaches the KL terms only
     masks = {"sample": confidence_mask(teacher[WEAK]), "class": class_mask(teacher[WEAK]), None: None}
     temperatures = temperature_slots(base_temperature)

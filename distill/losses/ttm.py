@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.losses.base import Batch, DistillLoss, LossContext
-from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, standardize_pair
+from distill.losses.logit_standardization import StandardizeForm, check_standardize_options, compared_logits
 from distill.losses.precision import at_least_float32
 from distill.losses.registry import register_loss
 from distill.models.features import FeatureRecord
@@ -111,9 +111,7 @@ class TTMLoss(DistillLoss):
         self.standardize, self.standardize_form = standardize, standardize_form
 
     def forward(self, student: FeatureRecord, teacher: FeatureRecord | None, batch: Batch) -> Tensor:
-        student_logits, teacher_logits = student.logits, teacher.logits
-        if self.standardize:
-            student_logits, teacher_logits = standardize_pair(student_logits, teacher_logits, self.standardize_form)
+        student_logits, teacher_logits = compared_logits(student.logits, teacher.logits, self.standardize, self.standardize_form)
         if self.weighted:
             return wttm_loss(student_logits, teacher_logits, self.gamma)
         return ttm_loss(student_logits, teacher_logits, self.gamma)
