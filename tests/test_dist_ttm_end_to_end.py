@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+from tiny_runs import tiny_pair_overrides
 
 from distill.cli.main import main
 from distill.engine.metrics import read_metrics
@@ -22,14 +23,6 @@ CASES = {
 }
 
 
-def overrides(data_root: Path, teacher: Path) -> list[str]:
-    return [
-        f"data.root={data_root}", "data.verify=false", "data.download=false", "data.num_workers=0",
-        "schedule.epochs=1", "log_every=2", "student.arch=resnet8", "teacher.name=null", "teacher.arch=resnet14",
-        f"teacher.checkpoint={teacher}",
-    ]
-
-
 @pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.parametrize("standardize", [False, True], ids=["plain", "standardized"])
@@ -39,7 +32,7 @@ def test_one_epoch_through_the_cli(method, standardize, fake_cifar100, tiny_teac
     recipe = REPO / f"recipes/cifar100/{method}/{TASK}.yaml"
     run_dir = tmp_path / method
     switch = [f"losses.{term}.standardize=true"] if standardize else []
-    args = ["train", str(recipe), *overrides(fake_cifar100, tiny_teacher), *extra, *switch, "--run-dir", str(run_dir), "--no-tensorboard"]
+    args = ["train", str(recipe), *tiny_pair_overrides(fake_cifar100, tiny_teacher), *extra, *switch, "--run-dir", str(run_dir), "--no-tensorboard"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"loss {term}: " in out and f"loss {term}: {term}:" not in out  # the name once, then the settings

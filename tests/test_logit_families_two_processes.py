@@ -8,12 +8,10 @@ MLKD's two-view families have their own two-process test (tests/test_two_view_ru
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from tiny_runs import run_distill, tiny_pair_overrides
 
 from distill.engine.metrics import read_metrics
 
@@ -35,15 +33,9 @@ FAMILIES = {
 def test_one_epoch_on_two_processes(family, fake_cifar100, tiny_teacher, tmp_path):
     port, weights, extra = FAMILIES[family]
     run_dir = tmp_path / family
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-        "-m", "distill", "train", str(REPO / "recipes" / "cifar100" / family / "resnet32x4-resnet8x4.yaml"),
-        f"data.root={fake_cifar100}", "data.verify=false", "data.download=false", "data.num_workers=0",
-        "data.batch_size=32", "schedule.epochs=1", "log_every=2", "student.arch=resnet8", "teacher.name=null",
-        "teacher.arch=resnet14", f"teacher.checkpoint={tiny_teacher}", *extra, "--run-dir", str(run_dir),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    recipe = REPO / "recipes" / "cifar100" / family / "resnet32x4-resnet8x4.yaml"
+    result = run_distill("train", str(recipe), *tiny_pair_overrides(fake_cifar100, tiny_teacher), "data.batch_size=32",
+                         *extra, "--run-dir", str(run_dir), processes=2, port=port)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "× 2 process(es)" in (run_dir / "log.txt").read_text(encoding="utf-8")
     row = read_metrics(run_dir)[-1]

@@ -4,14 +4,12 @@ which student features the MI term sees, gradients, half precision, bad options,
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tiny_runs import run_distill, tiny_pair_overrides
 
 from distill.cli.main import main
 from distill.engine.metrics import read_metrics
@@ -270,14 +268,6 @@ def test_the_recipes_carry_the_readme_alpha_per_family():
 # --- through the CLI ----------------------------------------------------------------------------
 
 
-def overrides(data_root: Path, teacher: Path) -> list[str]:
-    return [
-        f"data.root={data_root}", "data.verify=false", "data.download=false", "data.num_workers=0",
-        "schedule.epochs=1", "log_every=2", "student.arch=resnet8", "teacher.name=null", "teacher.arch=resnet14",
-        f"teacher.checkpoint={teacher}",
-    ]  # fmt: skip
-
-
 CLI_CASES = {"itrd": {"ce": 1.0, "itrd": 1.0}, "wttm_itrd": {"ce": 1.0, "itrd": 1.0, "wttm": 4.0}}
 
 
@@ -287,7 +277,7 @@ CLI_CASES = {"itrd": {"ce": 1.0, "itrd": 1.0}, "wttm_itrd": {"ce": 1.0, "itrd": 
 def test_one_epoch_through_the_cli(method, fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / method
     recipe = REPO / f"recipes/cifar100/{method}/{TASK}.yaml"
-    assert main(["train", str(recipe), *overrides(fake_cifar100, tiny_teacher), "--run-dir", str(run_dir), "--no-tensorboard"]) == 0
+    assert main(["train", str(recipe), *tiny_pair_overrides(fake_cifar100, tiny_teacher), "--run-dir", str(run_dir), "--no-tensorboard"]) == 0
     out = capsys.readouterr().out
     assert "loss itrd: " in out and "alpha=1.01" in out and "on the raw student" in out  # resnet8 and resnet14: 64 dims each
     row = read_metrics(run_dir)[-1]
@@ -302,7 +292,7 @@ def test_one_epoch_through_the_cli(method, fake_cifar100, tiny_teacher, tmp_path
 @pytest.mark.e2e
 def test_a_bad_option_ends_the_cli_with_status_two_and_one_line(fake_cifar100, tiny_teacher, tmp_path, capsys):
     recipe = REPO / f"recipes/cifar100/itrd/{TASK}.yaml"
-    args = ["train", str(recipe), *overrides(fake_cifar100, tiny_teacher), "losses.itrd.alpha=0", "--run-dir", str(tmp_path / "bad")]
+    args = ["train", str(recipe), *tiny_pair_overrides(fake_cifar100, tiny_teacher), "losses.itrd.alpha=0", "--run-dir", str(tmp_path / "bad")]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "losses.itrd" in err and "alpha" in err and "Traceback" not in err
@@ -312,13 +302,9 @@ def test_a_bad_option_ends_the_cli_with_status_two_and_one_line(fake_cifar100, t
 @pytest.mark.e2e
 def test_one_epoch_of_itrd_on_two_processes(fake_cifar100, tiny_teacher, tmp_path):
     run_dir = tmp_path / "itrd"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29582",
-        "-m", "distill", "train", str(REPO / "recipes" / "cifar100" / "itrd" / f"{TASK}.yaml"),
-        *overrides(fake_cifar100, tiny_teacher), "data.batch_size=32", "--run-dir", str(run_dir),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    recipe = REPO / "recipes" / "cifar100" / "itrd" / f"{TASK}.yaml"
+    result = run_distill("train", str(recipe), *tiny_pair_overrides(fake_cifar100, tiny_teacher), "data.batch_size=32",
+                         "--run-dir", str(run_dir), processes=2, port=29582)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "× 2 process(es)" in (run_dir / "log.txt").read_text(encoding="utf-8")
     row = read_metrics(run_dir)[-1]

@@ -4,15 +4,13 @@ warm-up, gradients, recipes, and one epoch through the CLI on one and on two pro
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tiny_runs import run_distill, tiny_pair_overrides
 
 from distill.benchmark.tasks import TASKS
 from distill.cli.main import main
@@ -321,15 +319,6 @@ def test_recipe(task):
 TASK_RECIPE = REPO / "recipes/cifar100/reviewkd/resnet32x4-resnet8x4.yaml"
 
 
-def overrides(data_root: Path, teacher: Path) -> list[str]:
-    """The recipe on resnet14 → resnet8 (the ABFs are then sized from those two networks)."""
-    return [
-        f"data.root={data_root}", "data.verify=false", "data.download=false", "data.num_workers=0",
-        "schedule.epochs=1", "log_every=2", "student.arch=resnet8", "teacher.name=null", "teacher.arch=resnet14",
-        f"teacher.checkpoint={teacher}",
-    ]  # fmt: skip
-
-
 def check_epoch(run_dir: Path) -> None:
     row = read_metrics(run_dir)[-1]
     assert row["epoch"] == 1 and math.isfinite(row["test/top1"])
@@ -341,7 +330,7 @@ def check_epoch(run_dir: Path) -> None:
 @pytest.mark.e2e
 def test_one_epoch_through_the_cli(fake_cifar100, tiny_teacher, tmp_path, capsys):
     run_dir = tmp_path / "reviewkd"
-    args = ["train", str(TASK_RECIPE), *overrides(fake_cifar100, tiny_teacher), "--run-dir", str(run_dir), "--no-tensorboard"]
+    args = ["train", str(TASK_RECIPE), *tiny_pair_overrides(fake_cifar100, tiny_teacher), "--run-dir", str(run_dir), "--no-tensorboard"]
     assert main(args) == 0
     # resnet8's levels: pooled 64, stages 64@8, 32@16, 16@32; resnet14's the same: mid min(512, 64) = 64
     assert "4 levels deep→shallow [64@1x1→64@1x1, 64@8x8→64@8x8, 32@16x16→32@16x16, 16@32x32→16@32x32], mid 64" in capsys.readouterr().out
@@ -352,13 +341,8 @@ def test_one_epoch_through_the_cli(fake_cifar100, tiny_teacher, tmp_path, capsys
 @pytest.mark.e2e
 def test_one_epoch_on_two_processes(fake_cifar100, tiny_teacher, tmp_path):
     run_dir = tmp_path / "reviewkd2"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29581",
-        "-m", "distill", "train", str(TASK_RECIPE), *overrides(fake_cifar100, tiny_teacher), "data.batch_size=32",
-        "--run-dir", str(run_dir),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    result = run_distill("train", str(TASK_RECIPE), *tiny_pair_overrides(fake_cifar100, tiny_teacher), "data.batch_size=32",
+                         "--run-dir", str(run_dir), processes=2, port=29581)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "× 2 process(es)" in (run_dir / "log.txt").read_text(encoding="utf-8")
     check_epoch(run_dir)

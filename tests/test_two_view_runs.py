@@ -8,14 +8,12 @@ bit-identical to an uninterrupted one; two processes (gloo) train it too.
 from __future__ import annotations
 
 import math
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from resume_checks import assert_same_run, final_state
+from tiny_runs import run_distill
 
 from distill.engine.metrics import read_metrics
 
@@ -42,15 +40,6 @@ def overrides(data_root: Path, teacher: Path, loader: str = "device", epochs: in
     ]
 
 
-def distill(*args: str, fault: str = "", processes: int = 1, port: int = 0) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "distill"]
-    if processes > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                    "--master_port", str(port), "-m", "distill"]
-    env = {**os.environ, "DISTILL_FAULT": fault, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
-
-
 def recipe(method: str) -> str:
     return str(REPO / "recipes" / "cifar100" / method / f"{TASK}.yaml")
 
@@ -71,7 +60,7 @@ def assert_trained_one_epoch(run_dir: Path, method: str) -> None:
 @pytest.mark.parametrize("method", list(WEIGHTS))
 def test_one_epoch_of_each_two_view_family(method, loader, fake_cifar100, tiny_teacher, tmp_path):
     run_dir = tmp_path / method
-    result = distill("train", recipe(method), *overrides(fake_cifar100, tiny_teacher, loader), "--run-dir", str(run_dir))
+    result = run_distill("train", recipe(method), *overrides(fake_cifar100, tiny_teacher, loader), "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     assert_trained_one_epoch(run_dir, method)
     if method.startswith("mlkd"):
@@ -86,21 +75,21 @@ def test_a_two_view_run_killed_mid_epoch_resumes_bit_identical(loader, fake_cifa
     settings = [*overrides(fake_cifar100, tiny_teacher, loader, epochs=2), "data.batch_size=64", "deterministic=true",
                 "checkpoint_every_steps=2", "schedule.milestones=[1]", f"plugins=[{FAULT_PLUGIN}]"]
     uninterrupted = tmp_path / "uninterrupted"
-    result = distill("train", recipe("mlkd"), *settings, "--run-dir", str(uninterrupted))
+    result = run_distill("train", recipe("mlkd"), *settings, "--run-dir", str(uninterrupted))
     assert result.returncode == 0, result.stderr[-3000:]
 
     run_dir = tmp_path / "killed"
-    killed = distill("train", recipe("mlkd"), *settings, "--run-dir", str(run_dir), fault="kill_after_step=3")
+    killed = run_distill("train", recipe("mlkd"), *settings, "--run-dir", str(run_dir), fault="kill_after_step=3")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert final_state(run_dir)["state"]["step"] == 2
-    resumed = distill("train", "--resume", str(run_dir))
+    resumed = run_distill("train", "--resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(uninterrupted, run_dir)
 
 
 def test_two_processes_train_mlkd(fake_cifar100, tiny_teacher, tmp_path):
     run_dir = tmp_path / "two"
-    result = distill("train", recipe("mlkd"), *overrides(fake_cifar100, tiny_teacher), "data.batch_size=32",
+    result = run_distill("train", recipe("mlkd"), *overrides(fake_cifar100, tiny_teacher), "data.batch_size=32",
                      "--run-dir", str(run_dir), processes=2, port=29561)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_trained_one_epoch(run_dir, "mlkd")
