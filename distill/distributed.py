@@ -21,6 +21,12 @@ import torch.distributed as dist
 from torch import Tensor
 
 
+def end_process_group() -> None:
+    """Destroy the process group, if one exists: a multi-process run that skips this aborts on exit."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def world_size() -> int:
     """How many processes share the run (1 without a process group)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -7,7 +7,9 @@ resumed, with the very same recipe, without one. ``DISTILL_FAULT`` is one of:
 * ``kill_after_save=N``: SIGKILL right after the N-th checkpoint was written;
 * ``kill_during_save=N``: SIGKILL half-way through writing the N-th checkpoint file;
 * ``slow_steps=SECONDS``: sleep after every step (to signal a run mid-training);
-* ``fail_on_rank=R:N``: raise on process R at step N (a crashing rank).
+* ``fail_on_rank=R:N``: raise on process R at step N (a crashing rank);
+* ``signal_after_step=NAME:N``: send signal NAME (``USR2``, ``TERM``) to this process right after
+  step N, as a scheduler's warning reaches a job's process (rank 0 only, with several).
 
 The kills are real ``SIGKILL``s: nothing runs after them, as when a node dies.
 """
@@ -37,7 +39,7 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-if KIND in ("kill_after_step", "slow_steps", "fail_on_rank"):
+if KIND in ("kill_after_step", "slow_steps", "fail_on_rank", "signal_after_step"):
     original_step = Trainer.train_step
 
     def faulty_step(self, inputs, labels, indices):
@@ -46,6 +48,10 @@ if KIND in ("kill_after_step", "slow_steps", "fail_on_rank"):
             _kill()
         if KIND == "slow_steps":
             time.sleep(float(VALUE))
+        if KIND == "signal_after_step":
+            name, step = VALUE.split(":")
+            if _rank() == 0 and self.state.step == int(step):
+                os.kill(os.getpid(), signal.Signals[f"SIG{name}"])
         if KIND == "fail_on_rank":
             rank, step = (int(v) for v in VALUE.split(":"))
             if _rank() == rank and self.state.step == step:

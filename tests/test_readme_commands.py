@@ -219,6 +219,7 @@ RUN: dict[str, Run] = {
     "distill report runs/sweep --output report/": Run(
         creates=("report/report.md", "report/report.csv", "report/figures/*.png")  # a task named by its archs
     ),
+    "distill sweep --status runs/sweep": Run(expect=("finished", "cells:")),
     "distill train --resume runs/cifar100-crd-...-20261122-140000": Run(
         before=unfinished_run,
         replace=(("runs/cifar100-crd-...-20261122-140000", "{unfinished}"),),
@@ -250,6 +251,13 @@ NOT_RUN: dict[str, str] = {
     'pip install -e ".[dev]"': "installs the package and its test dependencies (same)",
     "python -m pytest -q": "runs the whole test suite, this test included",
     "distill sweep --tasks all --methods crd --seeds 0-4 --jobs 4 --devices 0,1,2,3": "needs four GPUs",
+    "distill sweep --tasks all --methods kd,crd,ml_cpc --seeds 0,1,2 --launcher slurm --cluster-profile my-cluster.yaml": (
+        "needs a Slurm cluster; tests/test_cluster_sweep.py runs the same path through submitit's local executor "
+        "and checks the sbatch file against a fake sbatch"
+    ),
+    "distill sweep --output runs/sweep --retry-failed --launcher slurm --cluster-profile my-cluster.yaml": (
+        "needs a Slurm cluster; tests/test_cluster_sweep.py runs --retry-failed through submitit's local executor"
+    ),
 }
 """README command → why it does not run in a test."""
 

@@ -195,7 +195,7 @@ def test_a_failing_run_is_reported_and_the_sweep_goes_on(tiny_cifar, tmp_path, m
 @pytest.mark.e2e
 def test_a_stop_signal_ends_the_sweep_instead_of_moving_on(tiny_cifar, tmp_path, monkeypatch, capsys):
     """SIGTERM stops the cell being trained (it checkpointed); the sweep must stop too, not start the next cell."""
-    from distill.benchmark import sweep as sweep_module
+    from distill.benchmark.launchers import local as local_launcher
     from distill.engine.signals import EXIT_STOPPED, TrainingStopped
 
     started = []
@@ -204,7 +204,7 @@ def test_a_stop_signal_ends_the_sweep_instead_of_moving_on(tiny_cifar, tmp_path,
         started.append(cell.label)
         raise TrainingStopped(f"stopped by SIGTERM in epoch 1 after batch 2; continue with: distill train --resume {cell.run_dir}")
 
-    monkeypatch.setattr(sweep_module, "run_in_process", stopped_cell)
+    monkeypatch.setattr(local_launcher, "run_in_process", stopped_cell)
     code = main(["sweep", "--tasks", "resnet56-resnet20", "--methods", "vanilla", "--seeds", "0,1",
                  "--output", str(tmp_path / "s"), "--no-tensorboard", *overrides(tiny_cifar)])
     assert code == EXIT_STOPPED and len(started) == 1
@@ -220,6 +220,7 @@ def test_the_parallel_mode_hands_out_devices_round_robin_logs_per_cell_and_stops
     import threading
 
     from distill.benchmark import sweep as sweep_module
+    from distill.benchmark.launchers import local as local_launcher
 
     cells = [
         sweep_module.SweepCell("kd", "resnet56-resnet20", seed, tmp_path / "recipe.yaml", tmp_path / "runs" / f"seed{seed}")
@@ -239,9 +240,9 @@ def test_the_parallel_mode_hands_out_devices_round_robin_logs_per_cell_and_stops
         if line.startswith("FAILED"):
             failure_reported.set()
 
-    monkeypatch.setattr(sweep_module, "run_subprocess", fake_train)
+    monkeypatch.setattr(local_launcher, "run_subprocess", fake_train)
     lines: list[str] = []
-    outcome = sweep_module.run_sweep(cells, jobs=2, devices=["0", "1"], log_dir=tmp_path / "logs", echo=echo)
+    outcome = local_launcher.run_sweep(cells, jobs=2, devices=["0", "1"], log_dir=tmp_path / "logs", echo=echo)
     assert sorted(seed for seed, _, _ in started) == [0, 1, 2, 3, 4]
     assert {seed: device for seed, device, _ in started} == {0: "0", 1: "1", 2: "0", 3: "1", 4: "0"}
     assert {seed: log for seed, _, log in started}[3] == tmp_path / "logs/kd/resnet56-resnet20/seed3.log"
@@ -250,6 +251,6 @@ def test_the_parallel_mode_hands_out_devices_round_robin_logs_per_cell_and_stops
 
     started.clear()
     failure_reported.clear()
-    outcome = sweep_module.run_sweep(cells, jobs=2, fail_fast=True, log_dir=tmp_path / "logs", echo=echo)
+    outcome = local_launcher.run_sweep(cells, jobs=2, fail_fast=True, log_dir=tmp_path / "logs", echo=echo)
     assert sorted(seed for seed, _, _ in started) == [0, 1]  # no new cell starts after a failure
     assert [cell.seed for cell, _ in outcome.failed] == [1] and [c.seed for c in outcome.done] == [0]

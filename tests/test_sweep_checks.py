@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.benchmark import sweep as sweep_module
+from distill.benchmark.launchers import local as local_launcher
 from distill.cli.main import main
 from distill.files.rundir import write_outcome
 from distill.recipe.load import load_recipe
@@ -74,7 +74,7 @@ def write_cell(output: Path, method: str, seed: int, overrides: list[str], finis
 def trained(monkeypatch) -> list[str]:
     """Replaces training: records the cells the sweep would have trained."""
     cells: list[str] = []
-    monkeypatch.setattr(sweep_module, "run_in_process", lambda cell, overrides, tensorboard: cells.append(cell.label))
+    monkeypatch.setattr(local_launcher, "run_in_process", lambda cell, overrides, tensorboard: cells.append(cell.label))
     return cells
 
 
@@ -129,7 +129,7 @@ def test_the_summary_gives_the_last_line_of_a_failed_cells_error(tiny_cifar, tea
     def failing(cell, overrides, tensorboard):
         raise RuntimeError("Traceback (most recent call last):\n  File x, line 1\nValueError: loss went wrong")
 
-    monkeypatch.setattr(sweep_module, "run_in_process", failing)
+    monkeypatch.setattr(local_launcher, "run_in_process", failing)
     output = tmp_path / "sweep"
     assert sweep(output, settings(tiny_cifar), "vanilla") == 1
     lines = capsys.readouterr().out.splitlines()

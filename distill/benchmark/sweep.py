@@ -13,17 +13,19 @@ compared with the recipe and overrides the sweep runs now, is neither skipped as
 nor trained: it is reported, and the sweep's exit status says so. ``--dry-run`` runs
 every check a real start runs (see :mod:`distill.benchmark.preflight`) and lists the
 problems of each cell.
+
+This module plans; :mod:`distill.benchmark.launchers` trains: on this machine
+(``launchers.local``) or as Slurm jobs (``launchers.scheduler``), both from the same
+:func:`cells_to_run`. A sweep records its grid in ``<output>/sweep.json``
+(:func:`write_grid`) so that ``--status`` and ``--retry-failed`` find it again.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from distill.benchmark.preflight import (
@@ -34,11 +36,9 @@ from distill.benchmark.preflight import (
     start_problems,
 )
 from distill.benchmark.tasks import TASKS, get_task
-from distill.engine.signals import TrainingStopped
-from distill.engine.trainer import train
 from distill.errors import DistillError
+from distill.files.atomic import atomic_write_text
 from distill.files.rundir import LAST_CHECKPOINT, RECIPE_FILE, is_finished, read_outcome
-from distill.recipe.load import load_recipe
 from distill.registry import did_you_mean
 
 DONE, UNFINISHED, FAILED, PENDING = "done", "unfinished", "failed", "pending"
@@ -64,6 +64,54 @@ class SweepCell:
     @property
     def label(self) -> str:
         return f"{self.method} {self.task} seed {self.seed}"
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The cell's coordinates, given to the run's trackers so that a grid's runs can be filtered and grouped."""
+        return {"task": self.task, "method": self.method, "seed": str(self.seed)}
+
+
+GRID_FILE = "sweep.json"
+"""The grid a sweep was started with, under its output folder: ``--status`` and ``--retry-failed`` read it."""
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """What defines a grid: the recipe folder, methods, tasks, seeds and the overrides given to every cell."""
+
+    recipes: str
+    methods: tuple[str, ...]
+    tasks: tuple[str, ...]
+    seeds: tuple[int, ...]
+    overrides: tuple[str, ...] = ()
+
+
+def write_grid(output: Path, grid: GridSpec) -> None:
+    """Record ``grid`` as ``<output>/sweep.json`` (replacing an earlier record: the last sweep started defines the grid)."""
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / GRID_FILE, json.dumps(asdict(grid), indent=1) + "\n")
+
+
+def read_grid(output: Path) -> GridSpec:
+    """The grid recorded under ``output``; :class:`DistillError` saying what to do when there is none or it is damaged."""
+    path = output / GRID_FILE
+    if not path.is_file():
+        raise DistillError(
+            f"{output} holds no {GRID_FILE} (the record a sweep writes when it starts): give the grid with --methods "
+            f"(and --tasks, --seeds, --recipes, -o as the sweep was run), or point at the sweep's --output folder"
+        )
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        grid = GridSpec(
+            recipes=str(record["recipes"]),
+            methods=tuple(str(name) for name in record["methods"]),
+            tasks=tuple(str(name) for name in record["tasks"]),
+            seeds=tuple(int(seed) for seed in record["seeds"]),
+            overrides=tuple(str(text) for text in record.get("overrides", ())),
+        )
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise DistillError(f"{path}: not a sweep record ({type(error).__name__}: {error}); give the grid with --methods") from None
+    return grid
 
 
 def parse_tasks(text: str) -> list[str]:
@@ -209,36 +257,6 @@ def check_cells(cells: Iterable[SweepCell], overrides: Sequence[str]) -> list[Ce
     return [check_cell(cell, overrides, data) for cell in cells]
 
 
-def train_arguments(cell: SweepCell, overrides: Sequence[str], tensorboard: bool) -> list[str]:
-    """The ``distill train`` arguments that run one cell."""
-    return [
-        "train",
-        str(cell.recipe),
-        *overrides,
-        f"seed={cell.seed}",
-        "--run-dir",
-        str(cell.run_dir),
-        *([] if tensorboard else ["--no-tensorboard"]),
-    ]
-
-
-def run_in_process(cell: SweepCell, overrides: Sequence[str], tensorboard: bool) -> None:
-    """Train one cell in this process (the sequential mode)."""
-    recipe = load_recipe(cell.recipe, [*overrides, f"seed={cell.seed}"])
-    train(recipe, run_dir=cell.run_dir, tensorboard=tensorboard)
-
-
-def run_subprocess(cell: SweepCell, overrides: Sequence[str], tensorboard: bool, log_file: Path, env: dict) -> None:
-    """Train one cell as an independent ``distill train`` process; its output goes to ``log_file``."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "distill.cli.main", *train_arguments(cell, overrides, tensorboard)]
-    with log_file.open("w", encoding="utf-8") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if code != 0:
-        error = last_line(log_file.read_text(encoding="utf-8", errors="replace"))
-        raise DistillError(f"exit status {code}; see {log_file}: {error}")
-
-
 @dataclass
 class SweepOutcome:
     done: list[SweepCell]
@@ -246,41 +264,6 @@ class SweepOutcome:
     failed: list[tuple[SweepCell, str]]
     other_settings: list[tuple[SweepCell, str]] = field(default_factory=list)
     """Cells not run because their run directory holds a run with other settings (the message says which)."""
-
-
-def run_sweep(
-    cells: Iterable[SweepCell],
-    overrides: Sequence[str] = (),
-    *,
-    jobs: int = 1,
-    devices: Sequence[str] = (),
-    tensorboard: bool = True,
-    fail_fast: bool = False,
-    log_dir: Path | None = None,
-    echo: Callable[[str], None] = print,
-) -> SweepOutcome:
-    """Run every cell that has not finished: in this process (``jobs=1``) or as ``jobs`` processes.
-
-    A cell whose run directory holds a run (finished or not) with settings other than those
-    the sweep would run now is not run and not counted as done: it goes to ``other_settings``.
-    With processes, ``devices`` (e.g. ``["0", "1"]``) are handed out round-robin through
-    ``CUDA_VISIBLE_DEVICES``. A failed cell is reported and the sweep goes on, unless
-    ``fail_fast``. SIGTERM/SIGINT stop the sweep after the running cell checkpointed; the next
-    sweep skips finished cells and resumes that one.
-    """
-    cells = list(cells)
-    outcome = SweepOutcome([], [], [])
-    todo = cells_to_run(cells, overrides, outcome, echo)
-    other = f", {len(outcome.other_settings)} with other settings (not run)" if outcome.other_settings else ""
-    echo(f"sweep: {len(cells)} runs, {len(outcome.skipped)} already finished{other}, {len(todo)} to run")
-    if jobs <= 1:
-        run_sequential(todo, overrides, outcome, tensorboard=tensorboard, fail_fast=fail_fast, echo=echo)
-    else:
-        run_parallel(
-            todo, overrides, outcome, jobs=jobs, devices=devices, tensorboard=tensorboard, fail_fast=fail_fast,
-            log_dir=log_dir or Path("."), echo=echo,
-        )
-    return outcome
 
 
 def cells_to_run(
@@ -299,7 +282,7 @@ def cells_to_run(
             differences = other_settings(cell, overrides)
         except DistillError as error:
             if status == DONE:  # it cannot be told apart from a run of other settings: not counted as done
-                _record_failure(outcome, cell, str(error), echo)
+                record_failure(outcome, cell, str(error), echo)
                 continue
             differences = []  # running the cell reports the same error
         if differences:
@@ -321,79 +304,7 @@ def cells_to_run(
     return todo
 
 
-def run_sequential(
-    todo: Sequence[SweepCell],
-    overrides: Sequence[str],
-    outcome: SweepOutcome,
-    *,
-    tensorboard: bool,
-    fail_fast: bool,
-    echo: Callable[[str], None],
-) -> None:
-    """Train ``todo`` one after the other in this process, recording each result in ``outcome``.
-
-    A failed cell is recorded and the next one runs (unless ``fail_fast``);
-    :class:`~distill.engine.signals.TrainingStopped` (SIGTERM/SIGINT) ends the whole sweep.
-    """
-    for number, cell in enumerate(todo, start=1):
-        echo(f"[{number}/{len(todo)}] {cell.label} → {cell.run_dir}")
-        try:
-            run_in_process(cell, overrides, tensorboard)
-        except TrainingStopped:  # SIGTERM/SIGINT stop the whole sweep; the cell checkpointed and resumes next time
-            raise
-        except Exception as error:  # one broken cell must not end the sweep; the message says why
-            message = str(error) if isinstance(error, DistillError) else f"{type(error).__name__}: {error}"
-            _record_failure(outcome, cell, message, echo)
-            if fail_fast:
-                break
-        else:
-            outcome.done.append(cell)
-
-
-def run_parallel(
-    todo: Sequence[SweepCell],
-    overrides: Sequence[str],
-    outcome: SweepOutcome,
-    *,
-    jobs: int,
-    devices: Sequence[str],
-    tensorboard: bool,
-    fail_fast: bool,
-    log_dir: Path,
-    echo: Callable[[str], None],
-) -> None:
-    """Train ``todo`` as up to ``jobs`` ``distill train`` processes at once, recording each result in ``outcome``.
-
-    Cell number ``i`` (0-based, grid order) gets ``CUDA_VISIBLE_DEVICES=devices[i % len(devices)]``
-    when ``devices`` are given; its output goes to ``<log_dir>/<method>/<task>/seed<seed>.log``.
-    With ``fail_fast`` no new cell starts after a failure; the running ones finish.
-    """
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        running: dict[Future, SweepCell] = {}
-        queue = list(enumerate(todo))
-        while queue or running:
-            while queue and len(running) < jobs and not (fail_fast and outcome.failed):
-                number, cell = queue.pop(0)
-                env = dict(os.environ)
-                if devices:
-                    env["CUDA_VISIBLE_DEVICES"] = devices[number % len(devices)]
-                log_file = log_dir / cell.method / cell.task / f"seed{cell.seed}.log"
-                echo(f"[{number + 1}/{len(todo)}] started {cell.label} → {cell.run_dir} (output: {log_file})")
-                running[pool.submit(run_subprocess, cell, overrides, tensorboard, log_file, env)] = cell
-            if not running:
-                break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                cell = running.pop(future)
-                error = future.exception()
-                if error is None:
-                    outcome.done.append(cell)
-                    echo(f"finished {cell.label}")
-                else:
-                    _record_failure(outcome, cell, str(error), echo)
-
-
-def _record_failure(outcome: SweepOutcome, cell: SweepCell, message: str, echo: Callable[[str], None]) -> None:
+def record_failure(outcome: SweepOutcome, cell: SweepCell, message: str, echo: Callable[[str], None]) -> None:
     outcome.failed.append((cell, message))
     echo(f"FAILED {cell.label}: {message}")
 

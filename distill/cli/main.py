@@ -41,9 +41,10 @@ def _shutdown_distributed() -> None:
     a command that never needed torch (``distill recipes``, a recipe error) ends
     without importing it.
     """
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if "torch.distributed" in sys.modules:
+        from distill.distributed import end_process_group
+
+        end_process_group()
 
 
 def describe_os_error(error: OSError) -> str:

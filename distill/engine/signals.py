@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterable
 from types import FrameType, TracebackType
 
 from distill.engine.launch import is_main_local_process, resume_command, stopped_exit_note
@@ -39,7 +40,16 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class TrainingStopped(DistillError):
-    """The run stopped on request (a signal) after checkpointing; ``distill train --resume`` continues it."""
+    """The run stopped on request (a signal) after checkpointing; ``distill train --resume`` continues it.
+
+    ``signal_name`` is the signal that asked for the stop (``"SIGTERM"``, ``"SIGUSR2"``), ``None``
+    when it is not known: a cluster job tells a scheduler's warning (checkpoint, then requeue)
+    from a cancellation (checkpoint, then end) by it.
+    """
+
+    def __init__(self, message: str, signal_name: str | None = None) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
 
 
 def stopped_message(cause: str, where: str, checkpoint: object, run_dir: object) -> str:
@@ -55,7 +65,7 @@ def stopped_message(cause: str, where: str, checkpoint: object, run_dir: object)
 
 
 class StopSignals:
-    """While active, SIGTERM and SIGINT request a stop instead of killing the process.
+    """While active, SIGTERM and SIGINT (or the given ``signals``) request a stop instead of killing the process.
 
     ``requested`` is the name of the first signal received (``None`` before). A
     second signal ends the process immediately with status 128 + signal number,
@@ -64,13 +74,14 @@ class StopSignals:
     Only the local main process prints (see :func:`is_main_local_process`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, signals: Iterable[int] = STOP_SIGNALS) -> None:
+        self.signals = tuple(signals)
         self.requested: str | None = None
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
-            for number in STOP_SIGNALS:
+            for number in self.signals:
                 self._previous[number] = signal.signal(number, self._handle)
         return self
 

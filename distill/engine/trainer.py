@@ -13,7 +13,7 @@ weighted total → backward → optimiser step, checked for non-finite values
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ from distill.engine.progress import Progress
 from distill.engine.rng import restore_rng_state
 from distill.engine.run_directory import RunDirectory
 from distill.engine.seeding import seed_everything
-from distill.engine.signals import StopSignals, TrainingStopped, stopped_message
+from distill.engine.signals import STOP_SIGNALS, StopSignals, TrainingStopped, stopped_message
 from distill.engine.startup import run_info, setup_report, start_lines
 from distill.engine.state import TrainResult, TrainState
 from distill.files.rundir import BEST_CHECKPOINT, LAST_CHECKPOINT
@@ -49,7 +49,9 @@ class Trainer:
     after checking that the recipe and the teacher file are those the run started
     with; ``force=True`` continues despite differences. ``dry_run``: plan, build and
     restore, then stop (:meth:`setup_report` says what was found); nothing is written,
-    and :meth:`train_step` still runs (``tools/benchmark.py`` times it so).
+    and :meth:`train_step` still runs (``tools/benchmark.py`` times it so). ``stop_signals``:
+    the signals that stop the run after a checkpoint (SIGTERM and SIGINT; a cluster job adds
+    its scheduler's warning signal, see :mod:`distill.benchmark.launchers.cell_job`).
     """
 
     def __init__(
@@ -61,10 +63,12 @@ class Trainer:
         tensorboard: bool = True,
         echo: Callable[[str], None] | None = None,
         dry_run: bool = False,
+        stop_signals: Sequence[int] = STOP_SIGNALS,
     ) -> None:
         if not isinstance(resolved, ResolvedRecipe):
             raise TypeError("Trainer takes a ResolvedRecipe: resolve_recipe(recipe) (distill.recipe.resolve)")
         self.resolved, self.recipe = resolved, resolved.recipe
+        self.stop_signals = tuple(stop_signals)
         self.accelerator = make_accelerator(self.recipe)
         seed_everything(self.recipe.seed, self.recipe.deterministic)
         self.directory = RunDirectory(self.accelerator, echo or (lambda line: print(line, flush=True)))
@@ -156,10 +160,11 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to the recipe's last epoch (from where a resumed run stopped); returns last- and best-epoch accuracy.
 
-        SIGTERM/SIGINT stop the run after a checkpoint (:class:`TrainingStopped`).
+        SIGTERM/SIGINT (the constructor's ``stop_signals``) stop the run after a checkpoint
+        (:class:`TrainingStopped`, which names the signal).
         """
         try:
-            with StopSignals() as signals:
+            with StopSignals(self.stop_signals) as signals:
                 self._signals = signals
                 result = self._fit()
         except BaseException as error:
@@ -357,8 +362,9 @@ class Trainer:
 
     def _stop(self, where: str) -> None:
         """Checkpoint at the current position (already done when ``where`` is an epoch end) and stop."""
-        signal_name = self._signals.requested if self._signals and self._signals.requested else "a stop request"
-        raise TrainingStopped(stopped_message(signal_name, where, self.last_saved, self.run_dir))
+        requested = self._signals.requested if self._signals else None
+        message = stopped_message(requested or "a stop request", where, self.last_saved, self.run_dir)
+        raise TrainingStopped(message, signal_name=requested)
 
     def _end_epoch(self, row: dict, improved: bool) -> None:
         self.accelerator.wait_for_everyone()
