@@ -26,8 +26,12 @@ def describe(path: Path) -> str:
     return ""
 
 
+# Folders of YAML files that are not recipes: shared recipe fragments, and cluster profiles (distill sweep).
+NOT_RECIPE_FOLDERS = frozenset({"_base_", "cluster"})
+
+
 def list_recipes(root: Path) -> list[tuple[Path, str]]:
-    """Every recipe under ``root`` except the shared fragments in ``_base_`` folders, as paths ``distill train`` takes.
+    """Every recipe under ``root`` except the files in :data:`NOT_RECIPE_FOLDERS`, as paths ``distill train`` takes.
 
     A path is relative to the working directory when the recipe lies below it
     (``recipes/cifar100/kd/…``), else absolute: either way it can be pasted as is.
@@ -35,7 +39,7 @@ def list_recipes(root: Path) -> list[tuple[Path, str]]:
     found = []
     here = Path.cwd().resolve()
     for path in sorted(root.resolve().rglob("*.yaml")):
-        if "_base_" in path.relative_to(root.resolve()).parts:
+        if NOT_RECIPE_FOLDERS.intersection(path.relative_to(root.resolve()).parts):
             continue
         found.append((path.relative_to(here) if path.is_relative_to(here) else path, describe(path)))
     return found
