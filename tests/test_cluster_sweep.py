@@ -16,12 +16,15 @@ submission never submits a cell a job holds.
 from __future__ import annotations
 
 import csv
+import json
 import os
+import socket
 import stat
 from pathlib import Path
 
 import pytest
 from resume_checks import assert_same_run
+from tiny_runs import run_distill
 
 from distill.benchmark.grid_status import (
     CELL_FAILED,
@@ -77,6 +80,12 @@ def grid_arguments(output: Path, data_root: Path, methods: str, tasks: str, *ext
         "sweep", "--tasks", tasks, "--methods", methods, "--seeds", "0", "--output", str(output),
         "--no-tensorboard", *overrides(data_root, *extra),
     ]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def local_profile(folder: Path) -> Path:
@@ -313,3 +322,30 @@ def test_slurm_submission_is_one_throttled_array_and_a_second_submission_leaves_
     assert main(["sweep", "--status", str(output)]) == 0
     status = capsys.readouterr().out
     assert "0 finished, 0 running, 4 queued" in status and "job 4242_0" in status
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_cell_of_two_processes_is_one_job_of_two_tasks_equal_to_torchrun(
+    tiny_cifar, random_teachers, one_thread, tmp_path, monkeypatch
+):
+    """``gpus_per_cell: 2``: one job, two tasks, each one process of the run (rendezvous from the job's environment);
+    the result is bit-identical to ``torchrun --nproc_per_node 2`` of the same cell."""
+    monkeypatch.setenv(MANIFEST_ENV, str(random_teachers))
+    task = TASK_NAMES[0]
+    profile = tmp_path / "two.yaml"
+    profile.write_text(LOCAL_PROFILE.replace("gpus_per_cell: 0", "gpus_per_cell: 2"))
+    output = tmp_path / "jobs"
+    arguments = grid_arguments(output, tiny_cifar, "kd", task)
+    assert main([*arguments, "--launcher", "slurm", "--cluster-profile", str(profile), "--wait"]) == 0
+    run_dir = output / "kd" / task / "seed0"
+    assert json.loads((run_dir / "run.json").read_text())["num_processes"] == 2
+
+    reference = tmp_path / "torchrun"
+    options = overrides(tiny_cifar)[1::2]  # the values after each -o
+    done = run_distill(
+        "train", str(RECIPES / "kd" / f"{task}.yaml"), *options, "seed=0", "--run-dir", str(reference), "--no-tensorboard",
+        processes=2, port=free_port(),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_run(reference, run_dir)

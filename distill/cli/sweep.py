@@ -205,6 +205,9 @@ def submit(args: argparse.Namespace, cells, overrides, output: Path) -> int:
         raise DistillError("--jobs and --devices are for --launcher local; on Slurm each cell is a job (--max-running, --gpus-per-cell)")
     profile = cluster_profile(args)
     print(f"cluster: {describe(profile)}")
+    if profile.executor == "local" and len(cells) > profile.max_running:
+        print(f"note: executor local starts every submitted cell at once (max_running throttles Slurm arrays only); "
+              f"to run a large grid on this machine use --launcher local --jobs {profile.max_running}")
     submitted = submit_sweep(cells, overrides, profile, output, tensorboard=not args.no_tensorboard)
     outcome = submitted.outcome
     jobs = ", ".join(sorted({job.job_id.split("_")[0] for _, job in submitted.jobs}))
