@@ -52,6 +52,7 @@ RESULT_NEUTRAL_KEYS = (
     "data.num_workers",
     "teacher.checkpoint",
     "teacher.manifest",
+    "optimizer.reference_batch_size",
 )
 """Recipe keys a resume may change freely: they move files or change reporting, not the result.
 

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 
 import distill
+from distill.engine.batch_plan import batch_lines, batch_plan
 from distill.engine.build import BuiltRun
+from distill.engine.launch import detect_launch
 from distill.engine.resume import RunDirPlan
 from distill.engine.state import TrainState
 from distill.engine.threads import cpu_threads_description
@@ -85,7 +87,11 @@ def start_lines(
     recipe: Recipe, built: BuiltRun, *, run_dir: object, resumed: TrainState | None, last_saved: str,
     forced: list[str], applied: list[str],
 ) -> list[str]:
-    """The log's opening lines: where the run lives, what resumed, what trains with what, on which device."""
+    """The log's opening lines: where the run lives, what resumed, what trains with what, on which device.
+
+    Then the batch per process and in all, the lr and the batch it was tuned for, and
+    a warning when those batches differ (:mod:`distill.engine.batch_plan`).
+    """
     accelerator = built.accelerator
     lines = [f"run directory: {run_dir}"]
     if resumed is not None:
@@ -102,6 +108,7 @@ def start_lines(
         + f" | {built.train_size} train / {built.test_size} test images | device {accelerator.device}"
         + f" × {accelerator.num_processes} process(es)"
     )
+    lines.extend(batch_lines(batch_plan(recipe, accelerator.num_processes, detect_launch().nodes)))
     lines.append(f"data: {built.data_path} | {speed_settings(recipe, built)}")
     if accelerator.device.type == "cpu":
         lines.append(cpu_threads_description())
@@ -147,4 +154,7 @@ def setup_report(resolved: ResolvedRecipe, built: BuiltRun, plan: RunDirPlan, fo
     lines.append(f"memory          {static_memory(recipe, built) / 2**20:,.0f} MiB on {accelerator.device} before activations "
                  f"(weights, gradients, optimiser state, buffers, device-resident data)")
     lines.append(f"device          {accelerator.device} × {accelerator.num_processes} process(es) | {speed_settings(recipe, built)}")
+    batch, *warning = batch_lines(batch_plan(recipe, accelerator.num_processes, detect_launch().nodes))
+    lines.append(f"batch           {batch.removeprefix('batch ')}")
+    lines.extend(f"warning         {line.removeprefix('warning: ')}" for line in warning)
     return lines

@@ -99,11 +99,21 @@ class DataSpec:
 
 @dataclass
 class OptimizerSpec:
+    """The optimiser and its settings.
+
+    ``reference_batch_size``: the effective batch (all processes together) that
+    ``lr`` was tuned for; null means ``data.batch_size``, i.e. one process. It
+    changes nothing in training: a start logs the effective batch beside it and
+    warns when they differ (``distill.engine.batch_plan``); the lr is never scaled
+    silently.
+    """
+
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = field(default=0.05, metadata=positive())
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
+    reference_batch_size: int | None = field(default=None, metadata=positive())
 
 
 @dataclass
