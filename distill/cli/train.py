@@ -45,7 +45,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="resume even though the recipe, the teacher file or the number of processes differ from the run's",
     )
-    parser.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard event files")
+    parser.add_argument(
+        "--no-tensorboard", action="store_true",
+        help="log to no tracker at all: no TensorBoard event files, none of the recipe's tracking.log_with",
+    )
+    parser.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE",
+        help="what the run is in a grid, e.g. --tag task=cifar100 --tag method=kd --tag seed=0 (repeatable): "
+        "kept in run.json and given to the trackers (config tags/KEY; W&B and MLflow tags)",
+    )
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -85,11 +93,14 @@ def run(args: argparse.Namespace) -> int:
     from distill.recipe.load import validate_composed  # the registries behind it import torch
 
     recipe = validate_composed(composed, name)
-    if args.dry_run:
-        return dry_run(recipe, composed, run_dir, args.force)
-    from distill.engine.trainer import train  # after validation: a recipe error costs no Accelerate/trainer import
+    from distill.engine.tracking import parse_tags  # after validation: a recipe error costs no Accelerate import
 
-    train(recipe, run_dir=run_dir, force=args.force, tensorboard=not args.no_tensorboard)
+    tags = parse_tags(args.tag)
+    if args.dry_run:
+        return dry_run(recipe, composed, run_dir, args.force, tags, tensorboard=not args.no_tensorboard)
+    from distill.engine.trainer import train
+
+    train(recipe, run_dir=run_dir, force=args.force, tensorboard=not args.no_tensorboard, tags=tags)
     return 0
 
 
@@ -107,14 +118,16 @@ def key_sources(recipe: Recipe, composed: ComposedRecipe, resolved_teacher: bool
     return sources
 
 
-def dry_run(recipe: Recipe, composed: ComposedRecipe, run_dir: str | None, force: bool) -> int:
+def dry_run(
+    recipe: Recipe, composed: ComposedRecipe, run_dir: str | None, force: bool, tags: dict[str, str], *, tensorboard: bool = True
+) -> int:
     """Build everything a start builds, report it, and leave no trace."""
     from distill.engine.trainer import Trainer
     from distill.recipe.resolve import resolve_recipe
 
     named_teacher = recipe.teacher is not None and recipe.teacher.checkpoint is None
     resolved = resolve_recipe(recipe)
-    trainer = Trainer(resolved, run_dir, force=force, dry_run=True)
+    trainer = Trainer(resolved, run_dir, force=force, dry_run=True, tags=tags, tensorboard=tensorboard)
     print(f"recipe {recipe.name} (resolved; every key with where it came from):")
     for key, (value, source) in key_sources(resolved.recipe, composed, named_teacher).items():
         print(f"  {key} = {value!r}    [{source}]")

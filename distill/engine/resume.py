@@ -46,6 +46,7 @@ RESULT_NEUTRAL_KEYS = (
     "log_every",
     "checkpoint_every_steps",
     "skip_nonfinite",
+    "tracking",
     "data.root",
     "data.download",
     "data.verify",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import platform
 import sys
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +22,7 @@ from distill.engine.launch import detect_launch
 from distill.engine.resume import RunDirPlan
 from distill.engine.state import TrainState
 from distill.engine.threads import cpu_threads_description
+from distill.files.provenance import git_provenance
 from distill.recipe.resolve import ResolvedRecipe
 from distill.recipe.schema import Recipe
 
@@ -58,14 +61,22 @@ def static_memory(recipe: Recipe, built: BuiltRun) -> int:
     return held + trainable * (1 + per_parameter) + teacher + data
 
 
-def run_info(resolved: ResolvedRecipe, built: BuiltRun) -> dict[str, Any]:
-    """``run.json`` of a new run: versions, command, seeds, device and data path, the teacher file's sha256."""
+def run_info(resolved: ResolvedRecipe, built: BuiltRun, tags: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``run.json`` of a new run: versions and the git commit of the code, command, tags, seeds, device and data
+    path, the teacher file's sha256.
+
+    ``git_commit``/``git_dirty``: of the checkout the running ``distill`` package comes
+    from (:func:`~distill.files.provenance.git_provenance`; ``None`` and ``git_reason``
+    when it is not one). ``tags``: what the run is in a grid (``distill train --tag``).
+    """
     recipe, accelerator = resolved.recipe, built.accelerator
     return {
         "distill": distill.__version__,
+        **git_provenance(Path(distill.__file__).resolve().parent),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "command": sys.argv,
+        "tags": dict(tags or {}),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seed": recipe.seed,
         "data_seed": recipe.seed,

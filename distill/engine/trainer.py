@@ -13,7 +13,7 @@ weighted total → backward → optimiser step, checked for non-finite values
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -35,6 +35,7 @@ from distill.engine.seeding import seed_everything
 from distill.engine.signals import STOP_SIGNALS, StopSignals, TrainingStopped, stopped_message
 from distill.engine.startup import run_info, setup_report, start_lines
 from distill.engine.state import TrainResult, TrainState
+from distill.engine.tracking import Trackers, check_tags, check_trackers_available, tracker_config
 from distill.files.rundir import BEST_CHECKPOINT, LAST_CHECKPOINT
 from distill.recipe.resolve import ResolvedRecipe, resolve_recipe
 from distill.recipe.schema import Recipe
@@ -49,9 +50,14 @@ class Trainer:
     after checking that the recipe and the teacher file are those the run started
     with; ``force=True`` continues despite differences. ``dry_run``: plan, build and
     restore, then stop (:meth:`setup_report` says what was found); nothing is written,
-    and :meth:`train_step` still runs (``tools/benchmark.py`` times it so). ``stop_signals``:
-    the signals that stop the run after a checkpoint (SIGTERM and SIGINT; a cluster job adds
-    its scheduler's warning signal, see :mod:`distill.benchmark.launchers.cell_job`).
+    and :meth:`train_step` still runs (``tools/benchmark.py`` times it so).
+
+    ``tensorboard``: log to the recipe's trackers (``tracking.log_with``, TensorBoard by
+    default); ``False`` logs to none (``--no-tensorboard``). ``tags``: what the run is in
+    a grid (``{"task": ..., "method": ..., "seed": ...}``), kept in ``run.json`` and given
+    to the trackers (:mod:`distill.engine.tracking`). ``stop_signals``: the signals that stop
+    the run after a checkpoint (SIGTERM and SIGINT; a cluster job adds its scheduler's
+    warning signal, see :mod:`distill.benchmark.launchers.cell_job`).
     """
 
     def __init__(
@@ -63,12 +69,16 @@ class Trainer:
         tensorboard: bool = True,
         echo: Callable[[str], None] | None = None,
         dry_run: bool = False,
+        tags: Mapping[str, str] | None = None,
         stop_signals: Sequence[int] = STOP_SIGNALS,
     ) -> None:
         if not isinstance(resolved, ResolvedRecipe):
             raise TypeError("Trainer takes a ResolvedRecipe: resolve_recipe(recipe) (distill.recipe.resolve)")
         self.resolved, self.recipe = resolved, resolved.recipe
         self.stop_signals = tuple(stop_signals)
+        self.tags = check_tags(tags or {})
+        self.tracker_names = list(self.recipe.tracking.log_with) if tensorboard else []
+        check_trackers_available(self.tracker_names)  # a tracker that is not installed leaves no run directory
         self.accelerator = make_accelerator(self.recipe)
         seed_everything(self.recipe.seed, self.recipe.deterministic)
         self.directory = RunDirectory(self.accelerator, echo or (lambda line: print(line, flush=True)))
@@ -87,9 +97,12 @@ class Trainer:
             raise
         try:
             self._start_state(checkpoint)  # 4. a fresh state, or the resumed checkpoint's
-            if self.is_main:  # 5. metrics.jsonl and TensorBoard; a resume keeps the rows its checkpoint saw
-                keep_rows = self._metrics_rows if self.resumed_from is not None else None
-                self.metrics = MetricsWriter(self.run_dir, tensorboard=tensorboard, keep_rows=keep_rows)
+            if self.is_main:  # 5. metrics.jsonl, steps.jsonl and the trackers; a resume keeps the rows its checkpoint saw
+                resumed = self.resumed_from is not None
+                trackers = Trackers(self.run_dir, self.tracker_names, self.recipe.tracking.project,
+                                    tracker_config(self.recipe, self.tags), self.tags)
+                self.metrics = MetricsWriter(self.run_dir, keep_rows=self._metrics_rows if resumed else None,
+                                             keep_steps_to=self.state.step if resumed else None, trackers=trackers)
         except BaseException as error:
             self.directory.record_end(error)
             self._close()
@@ -177,7 +190,7 @@ class Trainer:
 
     def _fit(self) -> TrainResult:
         recipe = self.recipe
-        self.directory.record_start(recipe, run_info(self.resolved, self.built), self.resumed_from)
+        self.directory.record_start(recipe, run_info(self.resolved, self.built, self.tags), self.resumed_from)
         for line in start_lines(recipe, self.built, run_dir=self.run_dir, resumed=self.resumed_from,
                                 last_saved=self.last_saved, forced=self.directory.forced, applied=self.applied_changes):
             self.log(line)
@@ -241,7 +254,10 @@ class Trainer:
         """One pass over the training set; returns the epoch's mean loss terms and throughput.
 
         A run resumed inside this epoch starts at the batch after its checkpoint,
-        with the running sums of the batches before it.
+        with the running sums of the batches before it. Every ``log_every`` batches (and
+        at the last) the running means so far this epoch, the lr and images/s go to
+        ``steps.jsonl`` and the trackers at the global step (the main process's own
+        means: the epoch's row holds every process's).
         """
         accelerator, loader = self.accelerator, self.train_loader
         start = self.state.batch
@@ -277,6 +293,9 @@ class Trainer:
                 rate = counted * accelerator.num_processes / (time.perf_counter() - started)
                 progress.update(pending, {"loss": means[-1], "img/s": rate})
                 pending = 0
+                if self.metrics:
+                    self.metrics.write_step(step_row(epoch, index, self.state.step, names, means,
+                                                     self.optimizer.param_groups[0]["lr"], rate))
             if index < len(loader) and (self._stop_agreed or (every and self.state.step % every == 0)):
                 self.save_checkpoint()
                 if self._stop_agreed:
@@ -399,6 +418,15 @@ class Trainer:
         self.directory.close()
 
 
+def step_row(epoch: int, batch: int, step: int, names: list[str], means: list[float], lr: float, rate: float) -> dict:
+    """A ``steps.jsonl`` row: where it is (epoch, batch, global step), the running loss terms, the lr and images/s."""
+    return {"epoch": epoch, "batch": batch, "step": step, **{f"step/loss/{name}": mean for name, mean in zip(names, means)},
+            "step/lr": lr, "step/images_per_s": rate}
+
+
 def train(recipe: Recipe | ResolvedRecipe, run_dir: str | Path | None = None, **kwargs) -> TrainResult:
-    """Resolve ``recipe``'s files, build a :class:`Trainer` and run it to the end (resuming ``run_dir`` if it holds a run)."""
+    """Resolve ``recipe``'s files, build a :class:`Trainer` and run it to the end (resuming ``run_dir`` if it holds a run).
+
+    ``kwargs`` go to :class:`Trainer` (``force``, ``tensorboard``, ``tags``, ``echo``).
+    """
     return Trainer(resolve_recipe(recipe), run_dir, **kwargs).fit()

@@ -19,6 +19,11 @@ from distill.errors import DistillError
 RECIPE_FILE = "recipe.yaml"
 RUN_INFO_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
+STEPS_FILE = "steps.jsonl"
+"""The per-step rows (running loss terms, lr, images/s every ``log_every`` steps), apart from
+``metrics.jsonl`` so that its readers see the per-epoch record they always saw."""
+TRACKERS_FILE = "trackers.json"
+"""The ids of the run in remote trackers (W&B, MLflow, Aim, Comet), so that a resume continues them."""
 SUMMARY_FILE = "summary.json"
 """Written once, when the last epoch is done: its presence is what "finished" means."""
 LOG_FILE = "log.txt"
@@ -31,7 +36,8 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = Path(CHECKPOINT_DIR) / "last.pt"
 BEST_CHECKPOINT = Path(CHECKPOINT_DIR) / "best.pt"
 RUN_ENTRIES = frozenset(
-    {RECIPE_FILE, RUN_INFO_FILE, METRICS_FILE, SUMMARY_FILE, LOG_FILE, OUTCOME_FILE, LOCK_FILE, TENSORBOARD_DIR, CHECKPOINT_DIR}
+    {RECIPE_FILE, RUN_INFO_FILE, METRICS_FILE, STEPS_FILE, TRACKERS_FILE, SUMMARY_FILE, LOG_FILE, OUTCOME_FILE, LOCK_FILE,
+     TENSORBOARD_DIR, CHECKPOINT_DIR}
 )
 """Everything a run writes at the top of its directory."""
 
@@ -173,7 +179,7 @@ class RunDirLock:
 
 
 class MetricsFileError(DistillError):
-    """A run's ``metrics.jsonl`` cannot be read or holds a line that is not a JSON object."""
+    """A run's ``metrics.jsonl`` (or ``steps.jsonl``) cannot be read or holds a line that is not a JSON object."""
 
 
 def read_metrics(run_dir: Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -184,7 +190,22 @@ def read_metrics(run_dir: Path, limit: int | None = None) -> list[dict[str, Any]
 
     Raises :class:`MetricsFileError` naming the file and line when it is damaged.
     """
-    path = Path(run_dir) / METRICS_FILE
+    return read_jsonl(Path(run_dir) / METRICS_FILE, limit)
+
+
+def read_steps(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-step rows of a run's ``steps.jsonl`` (:data:`STEPS_FILE`), in order; none if it has none.
+
+    Raises :class:`MetricsFileError` naming the file and line when it is damaged.
+    """
+    return read_jsonl(Path(run_dir) / STEPS_FILE)
+
+
+def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, one per non-blank line (none if the file does not exist).
+
+    ``limit``: read only the first ``limit`` objects; what follows is not parsed.
+    """
     if not path.is_file():
         return []
     try:

@@ -16,6 +16,9 @@ Precision = Literal["fp32", "bf16", "fp16"]
 
 SEED_RANGE = "must be an integer from 0 to 2**32 - 1 (NumPy's seed range)"
 
+TrackerName = Literal["tensorboard", "wandb", "mlflow", "aim", "comet_ml"]
+"""The experiment trackers a run can log to (through Accelerate's trackers, :mod:`distill.engine.tracking`)."""
+
 
 def increasing(milestones: list[int]) -> list[int]:
     """The schedule's milestones, which must not go back in time."""
@@ -133,6 +136,28 @@ class InitSpec:
     lr: float | None = None
 
 
+def distinct(names: list[str]) -> list[str]:
+    """A list of names, each at most once."""
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"names {', '.join(repeated)} more than once")
+    return names
+
+
+@dataclass
+class TrackingSpec:
+    """Where the run's scalars go besides ``metrics.jsonl``: experiment trackers, through Accelerate.
+
+    ``log_with``: TensorBoard (event files in the run directory's ``tensorboard/``), and
+    Weights & Biases, MLflow, Aim or Comet when their package is installed; ``[]`` for none.
+    ``project``: the W&B or Comet project, the MLflow or Aim experiment the run joins.
+    Changes no result: a run resumed or swept with another ``tracking`` is the same run.
+    """
+
+    log_with: list[TrackerName] = field(default_factory=lambda: ["tensorboard"], metadata=checked(distinct))
+    project: str = "distill"
+
+
 @dataclass
 class LossSpec:
     """One term of the objective: ``weight × loss``; ``type`` defaults to the term's name."""
@@ -179,3 +204,4 @@ class Recipe:
     skip_nonfinite: int = field(default=0, metadata=at_least(0))
     output_dir: str = "runs"
     plugins: list[str] = field(default_factory=list)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
