@@ -165,12 +165,12 @@ def test_submitting_again_submits_nothing_that_finished(two_grids, tmp_path, cap
 def test_a_job_warned_by_the_scheduler_checkpoints_requeues_and_resumes_bit_identically(
     tiny_cifar, random_teachers, one_thread, tmp_path, monkeypatch
 ):
-    """SIGUSR2 after step 1 of 4: the trainer checkpoints there, submitit requeues, the new attempt resumes."""
+    """SIGUSR2 after step 1 of 10: the trainer checkpoints within epoch 1, submitit requeues, the new attempt resumes."""
     monkeypatch.setenv(MANIFEST_ENV, str(random_teachers))
     task = TASK_NAMES[0]
-    settings = ("schedule.epochs=2", f"plugins=[{FAULT_PLUGIN}]")
+    settings = ("schedule.epochs=2", "data.batch_size=20", f"plugins=[{FAULT_PLUGIN}]")
     reference = tmp_path / "reference"
-    assert main(grid_arguments(reference, tiny_cifar, "kd", task, *settings)) == 0
+    assert main([*grid_arguments(reference, tiny_cifar, "kd", task, *settings), "--jobs", "2"]) == 0  # its own process
     monkeypatch.setenv("DISTILL_FAULT", "signal_after_step=USR2:1")
     warned = tmp_path / "warned"
     arguments = grid_arguments(warned, tiny_cifar, "kd", task, *settings)
@@ -180,9 +180,11 @@ def test_a_job_warned_by_the_scheduler_checkpoints_requeues_and_resumes_bit_iden
     report = read_job_report(records_dir(warned, "kd", task, 0))
     assert report.state == "finished" and report.attempt == 2  # one requeue, same job id
     log = (run_dir / "log.txt").read_text()
-    assert "resuming from" in log and "epoch 1, batch 2" in log  # the checkpoint was taken at the warned step
-    job_log = Path(read_submission(records_dir(warned, "kd", task, 0)).stdout).read_text()
-    assert "SIGUSR2 received" in job_log or "SIGUSR2" in Path(read_submission(records_dir(warned, "kd", task, 0)).stderr).read_text()
+    assert "run ended: stopped: stopped by SIGUSR2 in epoch 1 after batch" in log  # mid-epoch, at the step it was warned
+    assert "resuming from" in log and "run ended: finished" in log
+    submission = read_submission(records_dir(warned, "kd", task, 0))
+    job_output = Path(submission.stdout).read_text() + Path(submission.stderr).read_text()
+    assert "Requeued job" in job_output  # submitit's own requeue, after the trainer's checkpoint
 
 
 @pytest.mark.slow
@@ -198,7 +200,7 @@ def test_a_failing_cell_is_reported_and_retry_failed_runs_only_it(tiny_cifar, ra
     (recipes / "vanilla" / f"{task}.yaml").write_text(f"_base_: [{RECIPES / 'vanilla' / f'{task}.yaml'}]\n")
     missing = tmp_path / "teachers" / "resnet56.pth"
     (recipes / "kd" / f"{task}.yaml").write_text(
-        f"_base_: [{RECIPES / 'kd' / f'{task}.yaml'}]\nteacher:\n  name: null\n  checkpoint: {missing}\n"
+        f"_base_: [{RECIPES / 'kd' / f'{task}.yaml'}]\nteacher:\n  name: null\n  arch: resnet56\n  checkpoint: {missing}\n"
     )
     output = tmp_path / "runs"
     profile = local_profile(tmp_path)
