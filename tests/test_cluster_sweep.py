@@ -182,6 +182,8 @@ def test_a_job_warned_by_the_scheduler_checkpoints_requeues_and_resumes_bit_iden
     log = (run_dir / "log.txt").read_text()
     assert "run ended: stopped: stopped by SIGUSR2 in epoch 1 after batch" in log  # mid-epoch, at the step it was warned
     assert "resuming from" in log and "run ended: finished" in log
+    (resume,) = json.loads((run_dir / "run.json").read_text())["resumes"]  # one requeue, with the code it ran
+    assert {"git_commit", "git_dirty"} <= set(resume) and resume["from_epoch"] == 0
     submission = read_submission(records_dir(warned, "kd", task, 0))
     job_output = Path(submission.stdout).read_text() + Path(submission.stderr).read_text()
     assert "Requeued job" in job_output  # submitit's own requeue, after the trainer's checkpoint

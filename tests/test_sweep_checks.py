@@ -206,6 +206,16 @@ def test_dry_run_finds_a_teacher_file_that_does_not_exist(tiny_cifar, teachers, 
 
 
 @pytest.mark.e2e
+def test_dry_run_finds_a_tracker_that_is_not_installed(tiny_cifar, teachers, tmp_path, capsys):
+    """wandb is not installed here: a grid that names it is refused cell by cell before anything is submitted."""
+    code, out = dry_run(capsys, tmp_path / "sweep", [*settings(tiny_cifar), "tracking.log_with=[tensorboard, wandb]"], "kd")
+    assert code == 2
+    assert problems_of(out, f"kd {TASK} seed 0") == [
+        "tracking.log_with names wandb, which is not installed: pip install wandb (or leave it out of tracking.log_with)"
+    ]
+
+
+@pytest.mark.e2e
 def test_dry_run_finds_missing_data(teachers, tmp_path, capsys):
     empty = tmp_path / "no_data"
     empty.mkdir()

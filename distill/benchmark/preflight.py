@@ -19,6 +19,7 @@ from pathlib import Path
 
 from distill.engine.loaders import build_datasets
 from distill.engine.resume import plan_run_dir, recipe_differences, recorded_form, recorded_recipe
+from distill.engine.tracking import check_trackers_available
 from distill.errors import DistillError
 from distill.recipe.load import load_recipe
 from distill.recipe.resolve import missing_checkpoints, resolve_teacher_checkpoint
@@ -98,8 +99,13 @@ def _build_problem(spec: DataSpec) -> str | None:
 
 
 def start_problems(recipe: Recipe, data: DataChecks) -> list[str]:
-    """What would stop ``recipe`` from starting, apart from its run directory: checkpoints, then data."""
-    problems = checkpoint_problems(recipe)
+    """What would stop ``recipe`` from starting, apart from its run directory: trackers, checkpoints, then data."""
+    problems = []
+    try:
+        check_trackers_available(recipe.tracking.log_with)
+    except DistillError as error:
+        problems.append(str(error))
+    problems += checkpoint_problems(recipe)
     data_problem = data.problem(recipe.data)
     if data_problem is not None:
         problems.append(data_problem)

@@ -174,7 +174,11 @@ class RunDirectory:
             self._log_file.flush()
 
     def record_start(self, recipe: Recipe, info: dict[str, Any], resumed_from: TrainState | None) -> None:
-        """``recipe.yaml`` and ``run.json`` (with ``info``) for a new run; a resume appends itself to ``run.json``."""
+        """``recipe.yaml`` and ``run.json`` (with ``info``) for a new run; a resume appends itself to ``run.json``.
+
+        A resume records the code it ran (``git_commit``, ``git_dirty``): a run requeued
+        across a ``git pull`` says so.
+        """
         if not self.is_main:
             return
         info_path = self.path / RUN_INFO_FILE
@@ -188,6 +192,7 @@ class RunDirectory:
                     "from_batch": resumed_from.batch,
                     "from_step": resumed_from.step,
                     "forced": self.forced,
+                    **{key: info[key] for key in ("git_commit", "git_dirty", "git_reason") if key in info},
                 }
             )
             if self.forced:
