@@ -353,3 +353,18 @@ def test_a_cell_of_two_processes_is_one_job_of_two_tasks_equal_to_torchrun(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same_run(reference, run_dir)
+
+
+@pytest.mark.e2e
+def test_a_bad_profile_or_no_slurm_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    grid = ["sweep", "--methods", "kd", "--tasks", TASK_NAMES[0]]
+    profile = tmp_path / "typo.yaml"
+    profile.write_text("partion: gpu\n")
+    assert main([*grid, "--output", str(tmp_path / "a"), "--launcher", "slurm", "--cluster-profile", str(profile)]) == 2
+    assert "partion: unknown key. Did you mean 'partition'" in capsys.readouterr().err
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no sbatch, no srun
+    assert main([*grid, "--output", str(tmp_path / "b"), "--launcher", "slurm"]) == 2
+    assert "needs Slurm's sbatch and srun on PATH" in capsys.readouterr().err
+    assert main([*grid, "--output", str(tmp_path / "c"), "--launcher", "slurm", "--jobs", "4"]) == 2
+    assert "--jobs and --devices are for --launcher local" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "abc")

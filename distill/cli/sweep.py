@@ -103,14 +103,15 @@ def run(args: argparse.Namespace) -> int:
         return dry_run(check_cells(cells, grid.overrides), absent)
     if not cells:
         raise DistillError("the grid is empty: no recipe exists for these methods and tasks")
+    launcher = cluster_executor(args, output) if args.launcher == "slurm" else None  # a bad profile leaves nothing behind
     write_grid(output, grid)
     if args.retry_failed:
         cells = [state.cell for state in grid_states(cells, output) if state.state == CELL_FAILED]
         print(f"--retry-failed: {len(cells)} failed cell(s)" + (": " + ", ".join(c.label for c in cells) if cells else ""))
         if not cells:
             return 0
-    if args.launcher == "slurm":
-        return submit(args, cells, grid.overrides, output)
+    if launcher is not None:
+        return submit(args, launcher, cells, grid.overrides, output)
     from distill.benchmark.launchers.local import run_sweep
 
     outcome = run_sweep(
@@ -196,19 +197,28 @@ def cluster_profile(args: argparse.Namespace):
     )
 
 
-def submit(args: argparse.Namespace, cells, overrides, output: Path) -> int:
-    """``--launcher slurm``: submit the cells as one job array, record the job ids, and (``--wait``) follow them."""
-    from distill.benchmark.launchers.profile import describe
-    from distill.benchmark.launchers.scheduler import submit_sweep, wait_for_jobs
+def cluster_executor(args: argparse.Namespace, output: Path):
+    """``--launcher slurm``: the profile (file and flags), checked, and the submitit executor it makes."""
+    from distill.benchmark.launchers.profile import describe, make_executor
+    from distill.benchmark.launchers.scheduler import submitit_folder
 
     if args.jobs != 1 or args.devices:
         raise DistillError("--jobs and --devices are for --launcher local; on Slurm each cell is a job (--max-running, --gpus-per-cell)")
     profile = cluster_profile(args)
+    executor = make_executor(profile, submitit_folder(output))
     print(f"cluster: {describe(profile)}")
+    return profile, executor
+
+
+def submit(args: argparse.Namespace, launcher, cells, overrides, output: Path) -> int:
+    """``--launcher slurm``: submit the cells as one job array, record the job ids, and (``--wait``) follow them."""
+    from distill.benchmark.launchers.scheduler import submit_sweep, wait_for_jobs
+
+    profile, executor = launcher
     if profile.executor == "local" and len(cells) > profile.max_running:
         print(f"note: executor local starts every submitted cell at once (max_running throttles Slurm arrays only); "
               f"to run a large grid on this machine use --launcher local --jobs {profile.max_running}")
-    submitted = submit_sweep(cells, overrides, profile, output, tensorboard=not args.no_tensorboard)
+    submitted = submit_sweep(cells, overrides, executor, profile.executor, output, tensorboard=not args.no_tensorboard)
     outcome = submitted.outcome
     jobs = ", ".join(sorted({job.job_id.split("_")[0] for _, job in submitted.jobs}))
     print(

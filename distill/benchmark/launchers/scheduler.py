@@ -25,7 +25,6 @@ from submitit.helpers import clean_env
 from distill.benchmark.grid_status import IN_FLIGHT, Alive, CellState, cell_state
 from distill.benchmark.launchers.cell_job import CellSpec, submit_specs
 from distill.benchmark.launchers.liveness import job_alive
-from distill.benchmark.launchers.profile import ClusterProfile, make_executor
 from distill.benchmark.launchers.records import JOBS_DIR, Submission, now, read_job_report, records_dir, write_submission
 from distill.benchmark.sweep import SweepCell, SweepOutcome, cells_to_run
 from distill.files.rundir import is_finished
@@ -63,14 +62,20 @@ def cell_spec(cell: SweepCell, overrides: Sequence[str], output: Path, tensorboa
 def submit_sweep(
     cells: Sequence[SweepCell],
     overrides: Sequence[str],
-    profile: ClusterProfile,
+    executor: submitit.Executor,
+    executor_name: str,
     output: Path,
     *,
     tensorboard: bool = True,
     echo: Callable[[str], None] = print,
     alive: Alive = job_alive,
 ) -> Submitted:
-    """Submit every cell that is neither finished, nor held by a job, nor run with other settings; record the job ids."""
+    """Submit every cell that is neither finished, nor held by a job, nor run with other settings; record the job ids.
+
+    ``executor``: from :func:`~distill.benchmark.launchers.profile.make_executor` with
+    :func:`submitit_folder`; ``executor_name`` (``slurm`` or ``local``) goes into the records,
+    to ask the right place whether a job still exists.
+    """
     submitted = Submitted()
     free = []
     for cell in cells:
@@ -83,14 +88,13 @@ def submit_sweep(
     todo = cells_to_run(free, overrides, submitted.outcome, echo)
     if not todo:
         return submitted
-    executor = make_executor(profile, submitit_folder(output))
     with clean_env():  # a sweep submitted from inside a job must not hand the jobs its own Slurm and rendezvous variables
         jobs = submit_specs(executor, [cell_spec(cell, overrides, output, tensorboard) for cell in todo])
     host = socket.gethostname()
     for cell, job in zip(todo, jobs):
         write_submission(
             records_dir(output, cell.method, cell.task, cell.seed),
-            Submission(job.job_id, profile.executor, now(), host, str(job.paths.stdout), str(job.paths.stderr)),
+            Submission(job.job_id, executor_name, now(), host, str(job.paths.stdout), str(job.paths.stderr)),
         )
         submitted.jobs.append((cell, job))
     return submitted
