@@ -22,8 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Run a grid of CIFAR-100 benchmark runs. Each run is OUTPUT/<method>/<task>/seed<N>; a run "
         "with summary.json is finished and skipped, an unfinished one resumes from its last checkpoint. A run "
         "directory holding a run with other settings (recipe or overrides that change the result) is reported and "
-        "not run; the exit status is then 1, as when a run fails. Example: "
-        "distill sweep --tasks all --methods kd,crd,ml_cpc --seeds 0,1,2 -o data.root=/data",
+        "not run; the exit status is then 1, as when a run fails. --launcher slurm submits the cells as Slurm jobs "
+        "(one job array, through submitit), --status shows every cell's state, --retry-failed runs only the failed "
+        "ones. Example: distill sweep --tasks all --methods kd,crd,ml_cpc --seeds 0,1,2 -o data.root=/data",
     )
     parser.add_argument("--tasks", default="all", help="'all' or comma-separated task names, e.g. resnet32x4-resnet8x4")
     parser.add_argument(
