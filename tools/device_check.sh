@@ -91,7 +91,7 @@ if command -v nvidia-smi > /dev/null; then nvidia-smi > "$OUT/nvidia-smi.txt" 2>
 SUITE=(env DISTILL_CUDA_FIGURES="$OUT/cuda_figures.json" "$PYTHON" -m pytest -m cuda tests/test_cuda_paths.py -q -rs
        -p no:cacheprovider --junitxml="$OUT/cuda_suite.xml")
 if [ "$HAS_CUDA" = 1 ]; then
-    part cuda_suite 200 1 "${SUITE[@]}"
+    part cuda_suite 220 1 "${SUITE[@]}"
 else
     PASS_STATUS="skipped: no CUDA" PASS_NOTE="the suite ran and skipped its tests" part cuda_suite 120 0 "${SUITE[@]}"
 fi
