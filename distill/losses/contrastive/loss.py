@@ -57,6 +57,7 @@ from distill.losses.contrastive.negatives import (
     eligible_negatives,
     fewest_eligible,
 )
+from distill.losses.contrastive.subset_draw import ClaimTable
 from distill.losses.registry import register_loss
 from distill.models.features import FeatureRecord
 
@@ -158,6 +159,7 @@ class ContrastiveDistillLoss(DistillLoss):
         self._log_z_known = False  # a host-side flag: reading log_z every step would sync with the device
         self._generator: torch.Generator | None = None
         self._class_order: ClassOrder | None = None  # the pool sorted by class, made on the labels' device
+        self._claim_table = ClaimTable()  # the index-space draw's scratch, reused every step
         self._pending_generator_state: Tensor | None = None  # from a checkpoint, until the generator exists
         self._generator_seed = torch.initial_seed() + 7919 * distributed.rank()  # independent per process
         self._warn_about_alpha(context.batch_size)
@@ -241,7 +243,7 @@ class ContrastiveDistillLoss(DistillLoss):
             pool_labels = self.dataset_labels if self.mode != "uniform" else None
             return draw_candidates(
                 batch.indices, labels, self.num_negatives, self.mode, pool_labels, memory.size, generator, self._fewest_eligible,
-                self.class_order() if pool_labels is not None else None,
+                self.class_order() if pool_labels is not None else None, scratch=self._claim_table,
             )
         eligible = eligible_negatives(labels, memory.labels, self.mode, memory.size)
         return draw_negatives(eligible, self.num_negatives, generator)

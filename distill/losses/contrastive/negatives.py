@@ -30,7 +30,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from distill.losses.contrastive.subset_draw import uniform_subsets
+from distill.losses.contrastive.subset_draw import ClaimTable, uniform_subsets
 
 SamplingMode = Literal["exact", "relax", "uniform"]
 DrawMethod = Literal["auto", "claim", "topk"]
@@ -62,32 +62,37 @@ def draw_pool_negatives(
     classes: ClassOrder | None,
     pool_size: int,
     generator: torch.Generator | None = None,
+    scratch: ClaimTable | None = None,
 ) -> Tensor:
     """[B, K] negatives from a fixed pool, drawn in index space (cost ∝ B×K, not B×N).
 
     ``exact``/``relax``: a uniform u ∈ [0, N − n_c) skips class c's block of the
     class-ordered pool (u, or u + n_c past its start) and maps through the order.
     ``uniform``: u ∈ [0, N − 1) skips the anchor's own index. Distinct per row when
-    M ≥ K, with replacement otherwise (``uniform_subsets``).
+    M ≥ K, with replacement otherwise (``uniform_subsets``; ``scratch`` keeps its table).
     """
     if mode == "uniform":
         if pool_size < 2:
             raise ValueError("an anchor has no eligible negative (the pool holds only the anchor)")
         sizes = torch.full_like(anchor_indices, pool_size - 1)
-        drawn = uniform_subsets(sizes, pool_size - 1, num_negatives, generator)
+        drawn = uniform_subsets(sizes, pool_size - 1, num_negatives, generator, scratch=scratch, all_full=True)
         return drawn + (drawn >= anchor_indices.unsqueeze(1)).long()
     if classes.largest == pool_size:
         raise ValueError("an anchor has no eligible negative (every pool entry shares its class)")
     block_size = classes.counts[anchor_labels].unsqueeze(1)
     block_start = classes.starts[anchor_labels].unsqueeze(1)
-    drawn = uniform_subsets((pool_size - block_size).squeeze(1), pool_size - classes.smallest, num_negatives, generator)
+    drawn = uniform_subsets(
+        (pool_size - block_size).squeeze(1), pool_size - classes.smallest, num_negatives, generator, scratch=scratch,
+        all_full=classes.smallest == classes.largest,
+    )
     return classes.order[drawn + block_size * (drawn >= block_start).long()]
 
 
 def draw_block_positives(anchor_labels: Tensor, classes: ClassOrder, generator: torch.Generator | None = None) -> Tensor:
     """``relax`` positives without a B×N mask: a uniform member of the anchor's class block."""
     sizes = classes.counts[anchor_labels]
-    drawn = uniform_subsets(sizes, classes.largest, 1, generator).squeeze(1)  # one draw: no claim needed
+    full = classes.smallest == classes.largest
+    drawn = uniform_subsets(sizes, classes.largest, 1, generator, all_full=full).squeeze(1)  # one slot: never a collision
     return classes.order[classes.starts[anchor_labels] + drawn]
 
 
@@ -170,6 +175,7 @@ def draw_candidates(
     fewest: int | None = None,
     classes: ClassOrder | None = None,
     method: DrawMethod = "auto",
+    scratch: ClaimTable | None = None,
 ) -> Tensor:
     """[B, K+1] rows of a per-sample memory bank: column 0 the positive, then K negatives.
 
@@ -177,13 +183,14 @@ def draw_candidates(
     computed here from ``pool_labels`` if not given), ``topk`` with a B×N mask; ``auto``
     is ``claim`` on the CPU, where it is faster, and ``topk`` elsewhere, which never
     reads from the device (``claim`` checks for open slots once per draw there).
+    ``scratch`` keeps the ``claim`` draw's table between steps.
     """
     if method == "auto":
         method = "claim" if anchor_indices.device.type == "cpu" else "topk"
     if method == "claim":
         if mode != "uniform" and classes is None:
             classes = class_order(pool_labels)
-        negatives = draw_pool_negatives(anchor_indices, anchor_labels, num_negatives, mode, classes, pool_size, generator)
+        negatives = draw_pool_negatives(anchor_indices, anchor_labels, num_negatives, mode, classes, pool_size, generator, scratch)
         positives = draw_block_positives(anchor_labels, classes, generator) if mode == "relax" else anchor_indices
         return torch.cat([positives.unsqueeze(1), negatives], dim=1)
     eligible = eligible_negatives(anchor_labels, pool_labels, mode, pool_size, own_positions=anchor_indices)

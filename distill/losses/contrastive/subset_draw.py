@@ -10,8 +10,9 @@ entries, and keeps a value the first time it is drawn (*claim* rounds):
 1. every open slot draws u uniform in [0, width) (one ``torch.randint``); u ≥ M_b is
    rejected (the slot stays open), which makes u uniform on [0, M_b) whatever M_b;
 2. the slots of a row that drew the same still-free value claim it, the lowest slot
-   number winning (a ``scatter_reduce`` amin into a per-row table); a slot that drew
-   a value already taken, or lost the claim, stays open;
+   number winning (a ``scatter_reduce`` amin of ``round·K + slot`` into a per-row
+   table, so a value taken in an earlier round always holds); a slot that drew a
+   value already taken, or lost the claim, stays open;
 3. repeat until no slot is open.
 
 Why the result is exactly a uniform K-subset of [0, M_b): every decision depends
@@ -33,11 +34,35 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-TAKEN = -1  # claim-table entry of a value a slot holds
+FREE = torch.iinfo(torch.int32).max  # claim-table entry of a value no slot holds
+MASKED_ROUNDS = 16  # rounds between two checks for open slots off the CPU
+
+
+class ClaimTable:
+    """A reusable claim table: allocated once (B×width int32), left all-free after every draw.
+
+    A draw writes only the entries of the values it returns, so it restores them
+    with one B×K scatter instead of filling B×width entries again (cost ∝ B×K).
+    """
+
+    def __init__(self) -> None:
+        self.table: Tensor | None = None
+
+    def take(self, numel: int, device: torch.device) -> Tensor:
+        """An all-free flat int32 table of at least ``numel`` entries on ``device``."""
+        if self.table is None or self.table.device != device or self.table.numel() < numel:
+            self.table = torch.full((numel,), FREE, dtype=torch.int32, device=device)
+        return self.table
 
 
 def uniform_subsets(
-    sizes: Tensor, width: int, num: int, generator: torch.Generator | None = None, compact: bool | None = None
+    sizes: Tensor,
+    width: int,
+    num: int,
+    generator: torch.Generator | None = None,
+    compact: bool | None = None,
+    scratch: ClaimTable | None = None,
+    all_full: bool = False,
 ) -> Tensor:
     """[B, num] draws: row b holds ``num`` distinct values uniform on [0, sizes[b]).
 
@@ -48,63 +73,99 @@ def uniform_subsets(
 
     ``compact`` (default: on the CPU) works on the open slots only, reading their
     count on the host each round (free for CPU tensors). Otherwise every round works
-    on all B×num slots under a mask and the loop checks for open slots every 16
-    rounds: a device→host read, about once per draw at the reference sizes.
+    on all B×num slots under a mask and the loop checks for open slots every
+    ``MASKED_ROUNDS`` rounds: a device→host read, about once per draw at the
+    reference sizes. ``scratch`` keeps the claim table between draws. ``all_full``
+    says (from the host) that every size equals ``width``: no draw is rejected, and
+    the per-row tests are skipped.
     """
     device = sizes.device
     batch = sizes.shape[0]
     if compact is None:
         compact = device.type == "cpu"
-    total = batch * num
-    rows = torch.arange(batch, device=device).repeat_interleave(num)
-    slots = torch.arange(num, dtype=torch.int32, device=device).repeat(batch)
-    row_size = sizes.long()[rows]
-    claims = (sizes >= num)[rows]  # rows drawn without replacement claim their values
-    table = torch.full((batch * width,), num, dtype=torch.int32, device=device)  # num: free
-    keys_base = rows * width
-    values = torch.zeros(total, dtype=torch.long, device=device)
-    free_mark = torch.full((), num, dtype=torch.int32, device=device)
-    taken_mark = torch.full((), TAKEN, dtype=torch.int32, device=device)
-    if compact:
-        open_slots = torch.arange(total, device=device)
+    table = (scratch or ClaimTable()).take(batch * width, device)[: batch * width]
+    row_size = None if all_full else sizes.long().unsqueeze(1)  # [B, 1]: broadcast, never materialised per slot
+    claims = None if all_full and width >= num else (sizes >= num).unsqueeze(1)  # None: every row claims its values
+    slots = torch.arange(num, dtype=torch.int32, device=device).unsqueeze(0)
+    shape = (batch, num)
+    claim = _Claims(table, width, num, generator)
+    if compact:  # after the first round, only the open slots (flat indices row·num + slot) are drawn again
+        won, values = claim.round(shape, None, slots, row_size, claims, None)
+        values, open_slots = values.view(-1), (~won).view(-1).nonzero().squeeze(1)
         while open_slots.numel():
-            won, drawn = _claim_round(
-                table, width, keys_base[open_slots], slots[open_slots], row_size[open_slots], claims[open_slots],
-                None, generator, free_mark, taken_mark,
+            rows = open_slots.div(num, rounding_mode="floor")
+            won, drawn = claim.round(
+                open_slots.shape, rows * width, (open_slots - rows * num).int(),
+                None if row_size is None else row_size.view(-1).index_select(0, rows),
+                None if claims is None else claims.view(-1).index_select(0, rows), None,
             )
-            values[open_slots[won]] = drawn[won]
-            open_slots = open_slots[~won]
-        return values.view(batch, num)
-    is_open = torch.ones(total, dtype=torch.bool, device=device)
+            winners = won.nonzero().squeeze(1)
+            values.index_copy_(0, open_slots.index_select(0, winners), drawn.index_select(0, winners))
+            open_slots = open_slots.index_select(0, (~won).nonzero().squeeze(1))
+        return _release(table, values.view(batch, num), width)
+    values = torch.zeros(shape, dtype=torch.long, device=device)
+    is_open = torch.ones(shape, dtype=torch.bool, device=device)
     while True:
-        for _ in range(16):
-            won, drawn = _claim_round(table, width, keys_base, slots, row_size, claims, is_open, generator, free_mark, taken_mark)
+        for _ in range(MASKED_ROUNDS):
+            won, drawn = claim.round(shape, None, slots, row_size, claims, is_open)
             values = torch.where(won, drawn, values)
             is_open &= ~won
         if not bool(is_open.any()):  # device→host read
-            return values.view(batch, num)
+            return _release(table, values, width)
 
 
-def _claim_round(
-    table: Tensor,
-    width: int,
-    keys_base: Tensor,
-    slots: Tensor,
-    row_size: Tensor,
-    claims: Tensor,
-    is_open: Tensor | None,
-    generator: torch.Generator | None,
-    free_mark: Tensor,
-    taken_mark: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """One round: the open slots draw, claim free values (lowest slot wins); (won, drawn)."""
-    drawn = torch.randint(0, width, keys_base.shape, generator=generator, device=keys_base.device)
-    accepted = drawn < row_size
-    if is_open is not None:
-        accepted &= is_open
-    contending = accepted & claims
-    keys = keys_base + drawn
-    table.scatter_reduce_(0, keys, torch.where(contending, slots, free_mark), reduce="amin")
-    won = accepted & (~claims | (table[keys] == slots))
-    table.scatter_reduce_(0, keys, torch.where(won & claims, taken_mark, free_mark), reduce="amin")
-    return won, drawn
+def _release(table: Tensor, values: Tensor, width: int) -> Tensor:
+    """Free the table's entries the draw held (only those of ``values`` can be held); returns ``values``."""
+    table.view(values.shape[0], width).scatter_(1, values, FREE)
+    return values
+
+
+class _Claims:
+    """The claim table of one draw and its round counter."""
+
+    def __init__(self, table: Tensor, width: int, num: int, generator: torch.Generator | None) -> None:
+        self.table, self.width, self.num, self.generator = table, width, num, generator
+        self.count = 0
+        self.free = torch.full((), FREE, dtype=torch.int32, device=table.device)
+
+    def round(
+        self,
+        shape: tuple[int, ...],
+        keys_base: Tensor | None,
+        slots: Tensor,
+        row_size: Tensor | None,
+        claims: Tensor | None,
+        is_open: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """The open slots draw and claim free values, the lowest slot winning; (won, drawn).
+
+        ``keys_base`` (row·width of each slot) for a flat list of slots; None for all
+        B×num slots as a [B, num] grid, drawn into the table's rows directly.
+        ``row_size`` None: every draw is accepted; ``claims`` None: every slot claims.
+
+        A claim writes ``round·num + slot``: values taken in earlier rounds hold smaller
+        codes, so the amin keeps them. Before the codes would overflow int32 every held
+        value is rewritten to −1 and the count restarts (never at the reference sizes).
+        """
+        if (self.count + 1) * self.num >= FREE:
+            self.table.masked_fill_(self.table != FREE, -1)
+            self.count = 0
+        base = self.count * self.num
+        self.count += 1
+        drawn = torch.randint(0, self.width, shape, generator=self.generator, device=self.table.device)
+        accepted = None if row_size is None else drawn < row_size
+        if is_open is not None:
+            accepted = is_open if accepted is None else accepted & is_open
+        codes = slots + base if base else slots
+        contending = accepted if claims is None else claims.expand(shape) if accepted is None else accepted & claims
+        offers = codes.expand(shape) if contending is None else torch.where(contending, codes, self.free)
+        if keys_base is None:
+            table = self.table.view(shape[0], self.width)
+            table.scatter_reduce_(1, drawn, offers, reduce="amin")
+            held = table.gather(1, drawn) == codes
+        else:
+            keys = keys_base + drawn
+            self.table.scatter_reduce_(0, keys, offers, reduce="amin")
+            held = self.table.index_select(0, keys) == codes
+        won = held if claims is None else held | ~claims
+        return (won if accepted is None else won & accepted), drawn
