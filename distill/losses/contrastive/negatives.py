@@ -34,6 +34,7 @@ from distill.losses.contrastive.subset_draw import ClaimTable, uniform_subsets
 
 SamplingMode = Literal["exact", "relax", "uniform"]
 DrawMethod = Literal["auto", "claim", "topk"]
+CPU_METHOD: DrawMethod = "claim"  # what "auto" picks on the CPU (tools/bench_contrastive.py times both)
 
 
 class ClassOrder(NamedTuple):
@@ -181,12 +182,13 @@ def draw_candidates(
 
     ``method``: ``claim`` draws in index space (needs ``classes`` unless ``uniform``;
     computed here from ``pool_labels`` if not given), ``topk`` with a B×N mask; ``auto``
-    is ``claim`` on the CPU, where it is faster, and ``topk`` elsewhere, which never
-    reads from the device (``claim`` checks for open slots once per draw there).
+    is ``CPU_METHOD`` (``claim``: about 1.4× faster single-threaded at the reference
+    sizes) on the CPU and ``topk`` elsewhere, which never reads from the device
+    (``claim`` checks for open slots about once per draw there; not yet timed on a GPU).
     ``scratch`` keeps the ``claim`` draw's table between steps.
     """
     if method == "auto":
-        method = "claim" if anchor_indices.device.type == "cpu" else "topk"
+        method = CPU_METHOD if anchor_indices.device.type == "cpu" else "topk"
     if method == "claim":
         if mode != "uniform" and classes is None:
             classes = class_order(pool_labels)
