@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from chi_square import homogeneity_p
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -129,16 +130,6 @@ def cell_counts(draws: torch.Tensor) -> torch.Tensor:
     assert draws[:, :2].min() >= 0 and draws[:, :2].max() < span
     cells = (draws[:, 0] * span + draws[:, 1]) * 2 + draws[:, 2]
     return torch.bincount(cells, minlength=span * span * 2)
-
-
-def homogeneity_p(counts_a: torch.Tensor, counts_b: torch.Tensor) -> float:
-    """p-value of the chi-square test that two count vectors come from one distribution."""
-    table = torch.stack([counts_a, counts_b]).double()
-    table = table[:, table.sum(0) > 0]
-    expected = table.sum(1, keepdim=True) * table.sum(0, keepdim=True) / table.sum()
-    statistic = ((table - expected) ** 2 / expected).sum()
-    dof = table.shape[1] - 1
-    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), statistic / 2))
 
 
 @pytest.fixture(scope="module")

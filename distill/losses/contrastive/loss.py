@@ -49,12 +49,15 @@ from distill.losses.contrastive.in_batch import (
 )
 from distill.losses.contrastive.memory_bank import EmbeddingQueue, MomentumMemoryBank
 from distill.losses.contrastive.negatives import (
+    ClassOrder,
     SamplingMode,
+    class_order,
     draw_candidates,
     draw_negatives,
     eligible_negatives,
     fewest_eligible,
 )
+from distill.losses.contrastive.subset_draw import ClaimTable
 from distill.losses.registry import register_loss
 from distill.models.features import FeatureRecord
 
@@ -155,6 +158,8 @@ class ContrastiveDistillLoss(DistillLoss):
         self.register_buffer("log_z", torch.full((2,), math.nan))  # student side, teacher side (NCE)
         self._log_z_known = False  # a host-side flag: reading log_z every step would sync with the device
         self._generator: torch.Generator | None = None
+        self._class_order: ClassOrder | None = None  # the pool sorted by class, made on the labels' device
+        self._claim_table = ClaimTable()  # the index-space draw's scratch, reused every step
         self._pending_generator_state: Tensor | None = None  # from a checkpoint, until the generator exists
         self._generator_seed = torch.initial_seed() + 7919 * distributed.rank()  # independent per process
         self._warn_about_alpha(context.batch_size)
@@ -237,10 +242,17 @@ class ContrastiveDistillLoss(DistillLoss):
         if isinstance(memory, MomentumMemoryBank):
             pool_labels = self.dataset_labels if self.mode != "uniform" else None
             return draw_candidates(
-                batch.indices, labels, self.num_negatives, self.mode, pool_labels, memory.size, generator, self._fewest_eligible
+                batch.indices, labels, self.num_negatives, self.mode, pool_labels, memory.size, generator, self._fewest_eligible,
+                self.class_order() if pool_labels is not None else None, scratch=self._claim_table,
             )
         eligible = eligible_negatives(labels, memory.labels, self.mode, memory.size)
         return draw_negatives(eligible, self.num_negatives, generator)
+
+    def class_order(self) -> ClassOrder:
+        """The dataset's labels sorted by class, computed once per device (not state: derived from the labels)."""
+        if self._class_order is None or self._class_order.order.device != self.dataset_labels.device:
+            self._class_order = class_order(self.dataset_labels)
+        return self._class_order
 
     def side_logits(self, anchors: Tensor, others: Tensor, memory, candidates: Tensor) -> Tensor:
         """[B, K+1] log-scores of ``anchors`` against the other side's memory."""

@@ -2,10 +2,17 @@
 
 The reference (RepDistiller ``CIFAR100InstanceSample``) draws 16384 negatives per sample
 with numpy inside the data loader, about 0.8 ms per sample. Here they are drawn for
-the whole batch at once, on the training device, with a Gumbel-top-k style draw: each
-eligible pool entry gets a uniform random key and the K largest keys win. That is
-uniform sampling **without replacement**, as the reference's ``np.random.choice``
-when K does not exceed the pool; when it does, the draw is with replacement, as there.
+the whole batch at once, on the training device, uniformly **without replacement**
+among the anchor's eligible entries, as the reference's ``np.random.choice`` when K
+does not exceed them; when it does, with replacement, as there. Two draws:
+
+* ``claim`` (:func:`draw_pool_negatives`, for a fixed pool whose labels are known, the
+  memory bank): the pool is ordered by class once (:func:`class_order`); an anchor of
+  class c is eligible for the M = N − n_c entries outside c's block, so K distinct
+  indices of [0, M) (``subset_draw.uniform_subsets``, cost ∝ B×K) map to the pool.
+* ``topk`` (:func:`draw_negatives`, any [B, N] eligibility mask, e.g. the queue whose
+  labels change every step): each eligible entry gets a uniform random key and the K
+  largest keys win (cost ∝ B×N, no device→host read).
 
 Modes (the reference's ``--mode`` plus a label-free one):
 
@@ -18,12 +25,76 @@ Modes (the reference's ``--mode`` plus a label-free one):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
+from distill.losses.contrastive.subset_draw import ClaimTable, uniform_subsets
+
 SamplingMode = Literal["exact", "relax", "uniform"]
+DrawMethod = Literal["auto", "claim", "topk"]
+CPU_METHOD: DrawMethod = "claim"  # what "auto" picks on the CPU (tools/bench_contrastive.py times both)
+
+
+class ClassOrder(NamedTuple):
+    """A pool ordered by class: ``order[starts[c]:starts[c] + counts[c]]`` are class c's entries."""
+
+    order: Tensor
+    starts: Tensor
+    counts: Tensor
+    smallest: int  # the fewest entries of a class, 0 if one is absent (host-side: sizes the draw)
+    largest: int
+
+
+def class_order(pool_labels: Tensor) -> ClassOrder:
+    """Sort the pool by class once (when its labels are known), on their device."""
+    counts = torch.bincount(pool_labels)
+    order = torch.argsort(pool_labels, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    return ClassOrder(order, starts, counts, int(counts.min()), int(counts.max()))
+
+
+def draw_pool_negatives(
+    anchor_indices: Tensor,
+    anchor_labels: Tensor,
+    num_negatives: int,
+    mode: SamplingMode,
+    classes: ClassOrder | None,
+    pool_size: int,
+    generator: torch.Generator | None = None,
+    scratch: ClaimTable | None = None,
+) -> Tensor:
+    """[B, K] negatives from a fixed pool, drawn in index space (cost ∝ B×K, not B×N).
+
+    ``exact``/``relax``: a uniform u ∈ [0, N − n_c) skips class c's block of the
+    class-ordered pool (u, or u + n_c past its start) and maps through the order.
+    ``uniform``: u ∈ [0, N − 1) skips the anchor's own index. Distinct per row when
+    M ≥ K, with replacement otherwise (``uniform_subsets``; ``scratch`` keeps its table).
+    """
+    if mode == "uniform":
+        if pool_size < 2:
+            raise ValueError("an anchor has no eligible negative (the pool holds only the anchor)")
+        sizes = torch.full_like(anchor_indices, pool_size - 1)
+        drawn = uniform_subsets(sizes, pool_size - 1, num_negatives, generator, scratch=scratch, all_full=True)
+        return drawn + (drawn >= anchor_indices.unsqueeze(1)).long()
+    if classes.largest == pool_size:
+        raise ValueError("an anchor has no eligible negative (every pool entry shares its class)")
+    block_size = classes.counts[anchor_labels].unsqueeze(1)
+    block_start = classes.starts[anchor_labels].unsqueeze(1)
+    drawn = uniform_subsets(
+        (pool_size - block_size).squeeze(1), pool_size - classes.smallest, num_negatives, generator, scratch=scratch,
+        all_full=classes.smallest == classes.largest,
+    )
+    return classes.order[drawn + block_size * (drawn >= block_start).long()]
+
+
+def draw_block_positives(anchor_labels: Tensor, classes: ClassOrder, generator: torch.Generator | None = None) -> Tensor:
+    """``relax`` positives without a B×N mask: a uniform member of the anchor's class block."""
+    sizes = classes.counts[anchor_labels]
+    full = classes.smallest == classes.largest
+    drawn = uniform_subsets(sizes, classes.largest, 1, generator, all_full=full).squeeze(1)  # one slot: never a collision
+    return classes.order[classes.starts[anchor_labels] + drawn]
 
 
 def eligible_negatives(
@@ -103,8 +174,27 @@ def draw_candidates(
     pool_size: int,
     generator: torch.Generator | None = None,
     fewest: int | None = None,
+    classes: ClassOrder | None = None,
+    method: DrawMethod = "auto",
+    scratch: ClaimTable | None = None,
 ) -> Tensor:
-    """[B, K+1] rows of a per-sample memory bank: column 0 the positive, then K negatives."""
+    """[B, K+1] rows of a per-sample memory bank: column 0 the positive, then K negatives.
+
+    ``method``: ``claim`` draws in index space (needs ``classes`` unless ``uniform``;
+    computed here from ``pool_labels`` if not given), ``topk`` with a B×N mask; ``auto``
+    is ``CPU_METHOD`` (``claim``: about 1.4× faster single-threaded at the reference
+    sizes) on the CPU and ``topk`` elsewhere, which never reads from the device
+    (``claim`` checks for open slots about once per draw there; not yet timed on a GPU).
+    ``scratch`` keeps the ``claim`` draw's table between steps.
+    """
+    if method == "auto":
+        method = CPU_METHOD if anchor_indices.device.type == "cpu" else "topk"
+    if method == "claim":
+        if mode != "uniform" and classes is None:
+            classes = class_order(pool_labels)
+        negatives = draw_pool_negatives(anchor_indices, anchor_labels, num_negatives, mode, classes, pool_size, generator, scratch)
+        positives = draw_block_positives(anchor_labels, classes, generator) if mode == "relax" else anchor_indices
+        return torch.cat([positives.unsqueeze(1), negatives], dim=1)
     eligible = eligible_negatives(anchor_labels, pool_labels, mode, pool_size, own_positions=anchor_indices)
     negatives = draw_negatives(eligible, num_negatives, generator, fewest)
     positives = draw_positives(anchor_indices, anchor_labels, pool_labels, mode, generator)
