@@ -135,3 +135,18 @@ def test_a_method_without_a_reference_loop_is_timed_on_the_fast_path_against_kd(
     assert report["summary"]["over_kd_step_time"]["kd_ls"] == {"fast": pytest.approx(expected)}
     assert "kd_ls" not in report["summary"]["fast_over_reference_images_per_s"]
     assert "no reference-style loop for kd_ls" in printed and "step time ÷ KD's" in printed
+
+
+@pytest.mark.slow
+def test_no_reference_times_the_fast_path_only(benchmark_tool, tmp_path, capsys):
+    """``--no-reference`` (the device check's bf16 and compile parts): no reference loop, the ratios say why."""
+    argv = [
+        "--student", "resnet8", "--teacher", "resnet14", "--train-size", "200", "--steps", "2", "--warmup", "1",
+        "--batch-size", "16", "--workers", "0", "--methods", "kd,crd", "--no-reference", "--data-root", str(tmp_path / "data"),
+    ]
+    report = benchmark_tool.main(argv)
+    printed = capsys.readouterr().out
+    assert set(report["results"]["kd"]) == {"fast"} and set(report["results"]["crd"]) == {"fast"}
+    assert report["summary"]["fast_over_reference_images_per_s"] == {}
+    assert set(report["summary"]["crd_over_kd_step_time"]) == {"fast"}
+    assert "reference not timed: --no-reference" in printed and "CRD/KD step-time ratio (median): fast" in printed

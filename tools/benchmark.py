@@ -577,6 +577,7 @@ def summarise(measurements: dict[str, dict[str, Measurement]], methods: list[str
         crd_kd = {
             path: measurements["crd"][path].median_step_s / measurements["kd"][path].median_step_s
             for path in ("fast", "reference")
+            if path in measurements["crd"] and path in measurements["kd"]
         }
     return {
         "fast_over_reference_images_per_s": speedup,
@@ -629,7 +630,8 @@ def print_report(report: dict[str, Any], measurements: dict[str, dict[str, Measu
                 f"{3600 * m.projected_hours(s['train_size'], 1):>8.0f}s{m.projected_hours(s['train_size']):>11.2f}h"
             )
         if method not in report["summary"]["fast_over_reference_images_per_s"]:
-            print(f"{method:<{width}}{'fast/ref':<11}{'n/a':>10}   (no reference-style loop for {method})")
+            why = "reference not timed: --no-reference" if s["no_reference"] else f"no reference-style loop for {method}"
+            print(f"{method:<{width}}{'fast/ref':<11}{'n/a':>10}   ({why})")
             continue
         ratio = report["summary"]["fast_over_reference_images_per_s"][method]
         median_ratio = report["summary"]["reference_over_fast_median_step"][method]
@@ -637,7 +639,7 @@ def print_report(report: dict[str, Any], measurements: dict[str, dict[str, Measu
     crd_kd = report["summary"]["crd_over_kd_step_time"]
     if crd_kd:
         print()
-        print(f"CRD/KD step-time ratio (median): fast {crd_kd['fast']:.2f}, reference {crd_kd['reference']:.2f}")
+        print("CRD/KD step-time ratio (median): " + ", ".join(f"{path} {ratio:.2f}" for path, ratio in crd_kd.items()))
     over_kd = report["summary"]["over_kd_step_time"]
     if over_kd:
         print()
@@ -670,6 +672,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "-o", "--override", action="append", default=[], metavar="key.path=value",
         help="fast path: any other recipe override (repeatable), e.g. -o data.loader=workers",
+    )
+    parser.add_argument(
+        "--no-reference", action="store_true",
+        help="time the fast path only (the reference-style loop is fp32 whatever --precision says: time it once, "
+        "not for every precision setting, as tools/device_check.sh does)",
     )
     parser.add_argument("--data-only", action="store_true", help="only time the data paths (no training step)")
     parser.add_argument(
@@ -794,7 +801,7 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         fast = functools.partial(build_fast, method, args, data_root, teacher_checkpoint, scratch)
         reference = functools.partial(build_reference, method, args, data_root, teacher_checkpoint, device)
         measurements[method] = {"fast": measure("fast", method, fast, args, device)}
-        if method in REFERENCE_METHODS:
+        if method in REFERENCE_METHODS and not args.no_reference:
             measurements[method]["reference"] = measure("reference", method, reference, args, device)
     settings = {**vars(args), "train_size": train_size, "data_root": str(data_root)}
     report = {

@@ -7,7 +7,8 @@
 #   environment   torch / CUDA / device (environment.json) and nvidia-smi (nvidia-smi.txt) if present
 #   cuda_suite    pytest -m cuda tests/test_cuda_paths.py (cuda_suite.xml, cuda_suite.log, cuda_figures.json)
 #   bench_*       tools/benchmark.py, kd,crd,crd_kd, resnet32x4 -> resnet8x4, batch 64:
-#                 fp32, bf16, bf16_channels_last, then (after the profile) bf16_compile (bench_*.json, bench_*.log)
+#                 fp32, bf16, bf16_channels_last, then (after the profile) bf16_compile (bench_*.json, bench_*.log);
+#                 the reference-style loop (fp32 whatever the precision) is timed once, in bench_fp32
 #   profile       one CRD+KD step under torch.profiler (profile_crd_kd.txt, profile.json)
 #   summary       summary.json and summary.md: every part's status and every figure
 # Every part runs under a time limit within an overall budget (DEVICE_CHECK_BUDGET_S, default 450 s:
@@ -99,10 +100,10 @@ fi
 BENCH=("$PYTHON" tools/benchmark.py --methods kd,crd,crd_kd --teacher resnet32x4 --student resnet8x4 --batch-size 64
        --steps "$STEPS" --warmup "$WARMUP" --workers 4 --data-root "$SCRATCH/data")
 part bench_fp32 110 1 "${BENCH[@]}" --json "$OUT/bench_fp32.json" --precision fp32
-part bench_bf16 80 1 "${BENCH[@]}" --json "$OUT/bench_bf16.json" --precision bf16
-part bench_bf16_channels_last 80 1 "${BENCH[@]}" --json "$OUT/bench_bf16_channels_last.json" --precision bf16 --channels-last
+part bench_bf16 80 1 "${BENCH[@]}" --json "$OUT/bench_bf16.json" --precision bf16 --no-reference
+part bench_bf16_channels_last 80 1 "${BENCH[@]}" --json "$OUT/bench_bf16_channels_last.json" --precision bf16 --channels-last --no-reference
 part profile 60 1 "$PYTHON" tools/device_check.py profile "$OUT" --scratch "$SCRATCH"
-part bench_bf16_compile 150 1 "${BENCH[@]}" --json "$OUT/bench_bf16_compile.json" --precision bf16 --compile
+part bench_bf16_compile 150 1 "${BENCH[@]}" --json "$OUT/bench_bf16_compile.json" --precision bf16 --compile --no-reference
 
 say "summary …"
 "$PYTHON" tools/device_check.py summary "$OUT" > "$OUT/summary.log" 2>&1 || { say "summary: FAILED; see $OUT/summary.log"; FAILED=1; }
