@@ -368,3 +368,25 @@ def test_a_bad_profile_or_no_slurm_is_refused_before_anything_is_written(tmp_pat
     assert main([*grid, "--output", str(tmp_path / "c"), "--launcher", "slurm", "--jobs", "4"]) == 2
     assert "--jobs and --devices are for --launcher local" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_a_cell_without_job_records_is_running_while_the_process_its_lock_names_lives(tmp_path):
+    """A hand-started or local run: ``outcome.json`` says running; the lock file's process decides whether it is."""
+    from distill.files.rundir import RunDirLock, read_lock_holder, write_outcome
+
+    one = cell(tmp_path)
+    one.run_dir.mkdir(parents=True)
+    write_outcome(one.run_dir, "running")
+    lock = RunDirLock(one.run_dir)
+    lock.acquire()
+    try:
+        assert read_lock_holder(one.run_dir) == (os.getpid(), socket.gethostname())
+        running = cell_state(one, tmp_path / "runs")
+        assert running.state == CELL_RUNNING and running.detail == f"pid {os.getpid()} on host {socket.gethostname()}"
+    finally:
+        lock.release()
+    (one.run_dir / "run.lock").write_text(f"pid {os.getpid()} on host another-machine\n")
+    assert cell_state(one, tmp_path / "runs").state == CELL_FAILED  # another host's process: not known alive here
+    (one.run_dir / "run.lock").write_text("garbled")
+    assert read_lock_holder(one.run_dir) is None
+    assert cell_state(one, tmp_path / "runs").state == CELL_FAILED

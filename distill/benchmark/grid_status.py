@@ -14,14 +14,12 @@ Nothing here writes anything or takes a lock: ``--status`` can run while jobs tr
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from distill.benchmark.launchers.liveness import job_alive
+from distill.benchmark.launchers.liveness import job_alive, local_job_alive
 from distill.benchmark.launchers.records import (
     FAILED,
     FINISHED,
@@ -35,7 +33,7 @@ from distill.benchmark.launchers.records import (
     records_dir,
 )
 from distill.benchmark.sweep import SweepCell, last_line
-from distill.files.rundir import LOCK_FILE, is_finished, read_outcome
+from distill.files.rundir import holder_text, is_finished, read_lock_holder, read_outcome
 
 CELL_FINISHED, CELL_RUNNING, CELL_QUEUED, CELL_FAILED, CELL_STOPPED, CELL_NOT_STARTED = (
     "finished", "running", "queued", "failed", "stopped", "not started",
@@ -58,26 +56,6 @@ class CellState:
     log: str = ""
 
 
-def lock_holder(run_dir: Path) -> str:
-    """The ``pid N on host H`` a run's lock file names (the last process that trained it), or ``""``."""
-    try:
-        return (run_dir / LOCK_FILE).read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def local_process_alive(holder: str) -> bool:
-    """Whether the ``pid N on host H`` of a lock file is a live process of this host."""
-    words = holder.split()
-    if len(words) != 5 or words[0] != "pid" or words[3] != socket.gethostname():
-        return False
-    try:
-        os.kill(int(words[1]), 0)
-    except (ValueError, ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
 def _run_dir_state(cell: SweepCell) -> CellState:
     """The state from the run directory alone (a cell without job records: a local sweep or a hand-started run)."""
     outcome = read_outcome(cell.run_dir)
@@ -87,9 +65,9 @@ def _run_dir_state(cell: SweepCell) -> CellState:
     if outcome.ended_badly:
         return CellState(cell, CELL_FAILED, detail=last_line(outcome.message) or outcome.status)
     if outcome.status == "running":
-        holder = lock_holder(cell.run_dir)
-        if local_process_alive(holder):
-            return CellState(cell, CELL_RUNNING, detail=holder)
+        holder = read_lock_holder(cell.run_dir)
+        if holder is not None and local_job_alive(str(holder[0]), holder[1]) is True:  # another host's: cannot tell
+            return CellState(cell, CELL_RUNNING, detail=holder_text(*holder))
         return CellState(cell, CELL_FAILED, detail="its process ended without recording an outcome (killed?)")
     return CellState(cell, CELL_STOPPED, detail=last_line(outcome.message))
 

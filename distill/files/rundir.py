@@ -138,6 +138,22 @@ class RunDirBusyError(DistillError):
     """Another process is training the run directory (it holds the run's lock)."""
 
 
+def holder_text(pid: int, host: str) -> str:
+    """How a run's lock file names the process that trains it: ``pid N on host H``."""
+    return f"pid {pid} on host {host}"
+
+
+def read_lock_holder(run_dir: str | Path) -> tuple[int, str] | None:
+    """The (pid, host) the run's lock file names (the last process that trained it), ``None`` if it names none."""
+    try:
+        words = (Path(run_dir) / LOCK_FILE).read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return None
+    if len(words) != 5 or words[0] != "pid" or words[2:4] != ["on", "host"] or not words[1].isdigit():
+        return None
+    return int(words[1]), words[4]
+
+
 class RunDirLock:
     """An exclusive lock on a run directory, held for as long as a process trains it.
 
@@ -168,7 +184,7 @@ class RunDirLock:
                 f"wait for it to end or stop it (SIGTERM checkpoints it), then resume"
             ) from None
         os.ftruncate(descriptor, 0)
-        os.write(descriptor, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
+        os.write(descriptor, f"{holder_text(os.getpid(), socket.gethostname())}\n".encode())
         self._descriptor = descriptor
 
     def release(self) -> None:
