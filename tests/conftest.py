@@ -1,4 +1,4 @@
-"""Shared fixtures: a small fake CIFAR-100 in the real on-disk format, a tiny teacher, and the six manifest teachers."""
+"""Shared fixtures: small fake CIFAR-100s in the real on-disk format, a tiny teacher, and the six manifest teachers."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ def fake_cifar100(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("cifar")
     write_fake_cifar(root, num_classes=100, train_size=256, test_size=100, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar(tmp_path_factory) -> Path:
+    """A fake CIFAR-100 of 100 train / 100 test images: two steps of batch 50, the size of the sweep tests' runs."""
+    from distill.data import write_fake_cifar
+
+    root = tmp_path_factory.mktemp("tiny_cifar")
+    write_fake_cifar(root, num_classes=100, train_size=100, test_size=100, seed=1)
     return root
 
 

@@ -58,15 +58,6 @@ TASK_NAMES = ["resnet56-resnet20", "resnet110-resnet20"]
 LOCAL_PROFILE = "executor: local\ngpus_per_cell: 0\ncpus_per_gpu: 1\ntime_limit_min: 30\nmax_running: 4\n"
 
 
-@pytest.fixture(scope="module")
-def tiny_cifar(tmp_path_factory) -> Path:
-    from distill.data import write_fake_cifar
-
-    root = tmp_path_factory.mktemp("tiny_cifar")
-    write_fake_cifar(root, num_classes=100, train_size=100, test_size=100, seed=1)
-    return root
-
-
 def overrides(data_root: Path, *extra: str) -> list[str]:
     options = [
         f"data.root={data_root}", "data.verify=false", "data.download=false", "data.num_workers=0",

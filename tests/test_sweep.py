@@ -31,15 +31,6 @@ METHODS = ["kd", "crd"]
 SEEDS = [0, 1]
 
 
-@pytest.fixture(scope="module")
-def tiny_cifar(tmp_path_factory) -> Path:
-    from distill.data import write_fake_cifar
-
-    root = tmp_path_factory.mktemp("tiny_cifar")
-    write_fake_cifar(root, num_classes=100, train_size=100, test_size=100, seed=1)
-    return root
-
-
 def overrides(data_root: Path) -> list[str]:
     options = [
         f"data.root={data_root}", "data.verify=false", "data.download=false", "data.num_workers=0",

@@ -26,15 +26,6 @@ RECIPES = REPO / "recipes" / "cifar100"
 TASK = "resnet56-resnet20"
 
 
-@pytest.fixture(scope="module")
-def tiny_cifar(tmp_path_factory) -> Path:
-    from distill.data import write_fake_cifar
-
-    root = tmp_path_factory.mktemp("tiny_cifar")
-    write_fake_cifar(root, num_classes=100, train_size=100, test_size=100, seed=1)
-    return root
-
-
 @pytest.fixture()
 def teachers(random_teachers, monkeypatch) -> Path:
     monkeypatch.setenv(MANIFEST_ENV, str(random_teachers))
