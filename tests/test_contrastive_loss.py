@@ -60,10 +60,15 @@ def test_bank_update_by_hand():
 
 
 def test_duplicate_indices_keep_the_last_write():
-    assert last_occurrence(torch.tensor([3, 1, 3, 2])).tolist() == [1, 3, 2]
+    assert last_occurrence(torch.tensor([3, 1, 3, 2]), 5).tolist() == [2, 1, 2, 3]
     bank = MomentumMemoryBank(4, 2, momentum=0.0)
     bank.update(torch.tensor([1, 1]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     assert bank.memory[1].tolist() == [0.0, 1.0]
+    blended = MomentumMemoryBank(4, 2, momentum=0.5)
+    blended.memory.copy_(torch.tensor([[1.0, 0.0], [3.0, 4.0], [0.0, 1.0], [1.0, 1.0]]))
+    blended.update(torch.tensor([1, 0, 1]), torch.tensor([[9.0, 9.0], [0.0, 1.0], [0.6, 0.8]]))
+    # row 1: 0.5·(3, 4) + 0.5·(0.6, 0.8) = (1.8, 2.4) → (0.6, 0.8): the last write, blended with the old row once
+    assert torch.allclose(blended.memory, torch.tensor([[0.7071068, 0.7071068], [0.6, 0.8], [0.0, 1.0], [1.0, 1.0]]))
 
 
 def test_queue_is_a_fifo_with_labels():

@@ -15,17 +15,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def last_occurrence(indices: Tensor) -> Tensor:
-    """Positions of the last occurrence of each distinct index (deterministic de-duplication).
+def last_occurrence(indices: Tensor, size: int) -> Tensor:
+    """For each position of ``indices`` (values in ``[0, size)``), the position of the last one with the same value.
 
     A batch gathered from several processes can repeat a sample (Accelerate pads the
-    last batch); writing one row twice in one ``index_copy_`` is undefined, so only
-    the last write of each row is kept.
+    last batch); writing one row twice in one ``index_copy`` with different values is
+    undefined, so every write of a repeated row takes the last occurrence's value.
+    Shapes depend on ``size`` and the batch only, never on the values: no host sync,
+    so the update can be captured in a CUDA graph (:mod:`distill.engine.step_graph`).
     """
     positions = torch.arange(indices.numel(), device=indices.device)
-    last = torch.full((int(indices.max()) + 1,), -1, dtype=torch.long, device=indices.device)
+    last = torch.full((size,), -1, dtype=torch.long, device=indices.device)
     last.scatter_reduce_(0, indices, positions, reduce="amax")
-    return last[last >= 0]
+    return last[indices]
 
 
 def finite_rows(embeddings: Tensor) -> Tensor:
@@ -65,8 +67,7 @@ class MomentumMemoryBank(nn.Module):
         A row whose embedding is not finite (a step that went bad) keeps its old
         value, so one bad step cannot poison the bank for the rest of the run.
         """
-        keep = last_occurrence(indices)
-        indices, embeddings = indices[keep], embeddings[keep].to(self.memory.dtype)
+        embeddings = embeddings[last_occurrence(indices, self.size)].to(self.memory.dtype)
         current = self.memory.index_select(0, indices)
         blended = current.mul(self.momentum).add_(embeddings, alpha=1 - self.momentum)
         rows = torch.where(finite_rows(embeddings), F.normalize(blended, dim=1), current)
