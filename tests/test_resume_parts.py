@@ -794,20 +794,22 @@ def test_guard_flags():
     assert (LOSS_BAD, GRADIENT_BAD, STOP) == (0, 1, 2)
     healthy, inf_grad, nan_grad, no_grad = parameter([1.0, 2.0, 3.0]), parameter([1.0, math.inf, 0.0]), parameter([math.nan, 0.0, 0.0]), parameter(None)
     g = guard()
-    assert g.flags(torch.tensor(1.5), [healthy, no_grad], False).tolist() == [0.0, 0.0, 0.0]
-    assert g.flags(torch.tensor(math.nan), [healthy], False).tolist() == [1.0, 0.0, 0.0]
-    assert g.flags(torch.tensor(math.inf), [healthy], False).tolist() == [1.0, 0.0, 0.0]
-    assert g.flags(torch.tensor(1.5), [healthy, inf_grad], False).tolist() == [0.0, 1.0, 0.0]
-    assert g.flags(torch.tensor(1.5), [no_grad, nan_grad], False).tolist() == [0.0, 1.0, 0.0]
-    assert g.flags(torch.tensor(1.5), [no_grad], False).tolist() == [0.0, 0.0, 0.0]
-    assert g.flags(torch.tensor(1.5), [], False).tolist() == [0.0, 0.0, 0.0]
+    assert g.flags(torch.tensor(1.5), [healthy, no_grad]).tolist() == [0.0, 0.0, 0.0]
+    assert g.flags(torch.tensor(math.nan), [healthy]).tolist() == [1.0, 0.0, 0.0]
+    assert g.flags(torch.tensor(math.inf), [healthy]).tolist() == [1.0, 0.0, 0.0]
+    assert g.flags(torch.tensor(1.5), [healthy, inf_grad]).tolist() == [0.0, 1.0, 0.0]
+    assert g.flags(torch.tensor(1.5), [no_grad, nan_grad]).tolist() == [0.0, 1.0, 0.0]
+    assert g.flags(torch.tensor(1.5), [no_grad]).tolist() == [0.0, 0.0, 0.0]
+    assert g.flags(torch.tensor(1.5), []).tolist() == [0.0, 0.0, 0.0]
     unchecked = guard(check_gradients=False)
-    assert unchecked.flags(torch.tensor(1.5), [inf_grad], False).tolist() == [0.0, 0.0, 0.0]
-    assert unchecked.flags(torch.tensor(math.nan), [inf_grad], False).tolist() == [1.0, 0.0, 0.0]
+    assert unchecked.flags(torch.tensor(1.5), [inf_grad]).tolist() == [0.0, 0.0, 0.0]
+    assert unchecked.flags(torch.tensor(math.nan), [inf_grad]).tolist() == [1.0, 0.0, 0.0]
     stopping = guard()
-    assert stopping.flags(torch.tensor(1.5), [healthy], True).tolist() == [0.0, 0.0, 1.0]
+    stopping.mark_stop(True)
+    assert stopping.flags(torch.tensor(1.5), [healthy]).tolist() == [0.0, 0.0, 1.0]
     # a stop request is not forgotten at the next step
-    assert stopping.flags(torch.tensor(1.5), [healthy], False).tolist() == [0.0, 0.0, 1.0]
+    stopping.mark_stop(False)
+    assert stopping.flags(torch.tensor(1.5), [healthy]).tolist() == [0.0, 0.0, 1.0]
 
 
 def test_guard_read_names_the_non_finite_terms():

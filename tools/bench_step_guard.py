@@ -68,7 +68,7 @@ def main() -> None:
         for _ in range(200):
             synchronize(device)
             started = time.perf_counter()
-            trainer.guard.flags(total, trainer.trained_parameters, False)
+            trainer.guard.flags(total, trainer.trained_parameters)
             synchronize(device)
             flag_times.append(time.perf_counter() - started)
     step, flags = statistics.median(step_times), statistics.median(flag_times)

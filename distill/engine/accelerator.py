@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list
+from accelerate.utils import AutocastKwargs, DataLoaderConfiguration, broadcast_object_list
 
 from distill.errors import DistillError
 from distill.recipe.schema import Recipe
@@ -35,6 +35,10 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     precision; a sweep (or a test) runs recipes of different precisions one after
     another in one process, so the precision part of that state is cleared first
     (the process group, in ``PartialState``, is kept).
+
+    Under ``cuda_graph: true`` autocast keeps no cache of cast weights: PyTorch's CUDA
+    graph notes require ``cache_enabled=False`` for autocast inside a captured region
+    (a cached cast made during capture would be stale at replay). The values are the same.
     """
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision") != MIXED_PRECISION[recipe.precision]:
@@ -43,6 +47,7 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
         cpu=not has_accelerator_device(),
         mixed_precision=MIXED_PRECISION[recipe.precision],
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.seed, non_blocking=True),
+        kwargs_handlers=[AutocastKwargs(cache_enabled=False)] if recipe.cuda_graph else None,
     )
 
 

@@ -22,6 +22,7 @@ from distill.engine.accelerator import compile_networks
 from distill.engine.distiller import Distiller
 from distill.engine.loaders import build_datasets, build_loaders
 from distill.engine.optim import build_optimizer, build_scheduler
+from distill.engine.step_graph import check_graphable
 from distill.engine.teacher import FrozenTeacher
 from distill.errors import CheckpointError, DistillError, LossError, RecipeError
 from distill.losses import DistillLoss, LossContext, build_loss
@@ -100,6 +101,9 @@ def build_run(recipe: Recipe, accelerator: Accelerator) -> BuiltRun:
     the loss context and the losses, the distiller, the optimiser and scheduler,
     the loaders; then Accelerate prepares the distiller and the optimiser.
     """
+    if recipe.cuda_graph:
+        check_graphable(device=accelerator.device, num_processes=accelerator.num_processes,
+                        precision=recipe.precision, skip_nonfinite=recipe.skip_nonfinite)
     with accelerator.main_process_first():
         train_set, test_set = build_datasets(recipe.data)
     num_classes = train_set.num_classes
@@ -130,7 +134,7 @@ def build_run(recipe: Recipe, accelerator: Accelerator) -> BuiltRun:
     losses = build_losses(recipe, context)
     weights = {name: spec.weight for name, spec in recipe.losses.items()}
     distiller = Distiller(student, losses, weights, teacher, channels_last=recipe.channels_last)
-    optimizer = build_optimizer(recipe.optimizer, distiller.trainable_parameters())
+    optimizer = build_optimizer(recipe.optimizer, distiller.trainable_parameters(), capturable=recipe.cuda_graph)
     scheduler = build_scheduler(recipe.schedule, optimizer)
     placement = Placement(
         device=accelerator.device,

@@ -75,11 +75,19 @@ class StepGuard:
         """Whether flags must be read before the optimiser step (to be able to skip it)."""
         return self.skip_limit > 0
 
-    def flags(self, total: Tensor, parameters: list[Tensor], stop_requested: bool) -> Tensor:
-        """The step's ``[loss bad, gradient bad, stop]`` flags on the device (reduced across processes); no sync."""
-        if stop_requested and not self._stop_marked:
+    def mark_stop(self, requested: bool) -> None:
+        """Note a stop request (once) in the device flag every later step's :meth:`flags` reads.
+
+        Kept apart from :meth:`flags`, which only computes on the device: a step replayed
+        as a CUDA graph (:mod:`distill.engine.step_graph`) runs no Python, but reads the
+        flag's memory.
+        """
+        if requested and not self._stop_marked:
             self._stop_flag.fill_(1.0)
             self._stop_marked = True
+
+    def flags(self, total: Tensor, parameters: list[Tensor]) -> Tensor:
+        """The step's ``[loss bad, gradient bad, stop]`` flags on the device (reduced across processes); no sync."""
         loss_bad = (~torch.isfinite(total.detach())).float()
         if self.check_gradients:
             grads = [p.grad for p in parameters if p.grad is not None]

@@ -12,15 +12,25 @@ from torch import nn
 from distill.recipe.schema import OptimizerSpec, ScheduleSpec
 
 
-def build_optimizer(spec: OptimizerSpec, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """One parameter group over everything trainable; weight decay on all of it (as the reference)."""
+def build_optimizer(
+    spec: OptimizerSpec, parameters: Iterable[nn.Parameter], *, capturable: bool = False
+) -> torch.optim.Optimizer:
+    """One parameter group over everything trainable; weight decay on all of it (as the reference).
+
+    ``spec.fused``: PyTorch's fused implementation (``fused=True``); otherwise PyTorch
+    picks (``foreach`` on a GPU). ``capturable``: the step may be recorded in a CUDA
+    graph (``cuda_graph: true``); AdamW then keeps its step count on the device. SGD
+    keeps no count and is capturable as it is.
+    """
     parameters = list(parameters)
+    fused = True if spec.fused else None
     if spec.name == "sgd":
         return torch.optim.SGD(
-            parameters, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay, nesterov=spec.nesterov
+            parameters, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay, nesterov=spec.nesterov,
+            fused=fused,
         )
     if spec.name == "adamw":
-        return torch.optim.AdamW(parameters, lr=spec.lr, weight_decay=spec.weight_decay)
+        return torch.optim.AdamW(parameters, lr=spec.lr, weight_decay=spec.weight_decay, fused=fused, capturable=capturable)
     raise ValueError(f"unknown optimizer {spec.name!r}")
 
 

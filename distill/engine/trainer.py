@@ -35,6 +35,7 @@ from distill.engine.seeding import seed_everything
 from distill.engine.signals import STOP_SIGNALS, StopSignals, TrainingStopped, stopped_message
 from distill.engine.startup import run_info, setup_report, start_lines
 from distill.engine.state import TrainResult, TrainState
+from distill.engine.step_graph import make_step_graph
 from distill.engine.tracking import Trackers, check_tags, check_trackers_available, tracker_config
 from distill.files.rundir import BEST_CHECKPOINT, LAST_CHECKPOINT
 from distill.recipe.resolve import ResolvedRecipe, resolve_recipe
@@ -119,6 +120,7 @@ class Trainer:
             check_gradients=accelerator.scaler is None,  # fp16's scaler skips overflowing steps itself
         )
         self.trained_parameters = self.built.trained_parameters
+        self.step_graph = make_step_graph(self.unwrapped, self.accelerator.device, self.device_step) if self.recipe.cuda_graph else None
         self._signals: StopSignals | None = None
         self._stop_agreed = False
         self._where = ""  # the epoch and batch of the step in progress, for messages
@@ -267,6 +269,8 @@ class Trainer:
         for loss in self.unwrapped.losses.values():
             loss.start_epoch(epoch, self.recipe.schedule.epochs)
         self.distiller.train()
+        if self.step_graph is not None:
+            self.step_graph.new_epoch()  # the lr and the losses' epoch values may have changed
         names = [*self.recipe.losses, "total"]
         if self._epoch_sums is None or start == 0:
             self._epoch_sums = (
@@ -319,36 +323,59 @@ class Trainer:
 
         The step is checked for non-finite values (see :class:`StepGuard`); with
         ``skip_nonfinite`` a bad step is dropped and ``last_step_applied`` is False.
+        With ``cuda_graph: true`` the step runs through :class:`StepGraph` (replayed as
+        one CUDA graph where the batch's shapes allow), with the same results.
         """
+        step = self.state.step + 1
+        where = self._where or f"step {step}"
+        self.guard.mark_stop(self._signals is not None and self._signals.requested is not None)
+        if not self.guard.synchronous:
+            terms, total, flags = (self.step_graph or self.device_step)(inputs, labels, indices)
+            self.state.step = step
+            self._handle(self.guard.defer(step, flags, terms, where))
+            self.last_step_applied = True
+            return terms, total
+        terms, total = self.forward_backward(inputs, labels, indices)
+        flags = self.guard.flags(total, self.trained_parameters)
+        self.state.step = step
+        verdict = self.guard.read(step, flags, terms, where)
+        if verdict.problem is not None and self.guard.may_skip():
+            self.optimizer.zero_grad(set_to_none=True)
+            self.last_step_applied = False
+            self.log(
+                f"step {step} ({where}): {verdict.problem}; step skipped "
+                f"({self.guard.skipped} of skip_nonfinite={self.guard.skip_limit})"
+            )
+            self._stop_agreed = self._stop_agreed or verdict.stop
+            return terms, total
+        self._handle(verdict)
+        self.optimizer.step()
+        self.last_step_applied = True
+        return terms, total
+
+    def device_step(
+        self, inputs: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The step's work on the device, with no host sync: forward, backward, the guard's flags, the optimiser step.
+
+        What a CUDA graph records (:mod:`distill.engine.step_graph`); returns the loss
+        terms, the total and the flags, for the guard to read one step later.
+        """
+        terms, total = self.forward_backward(inputs, labels, indices)
+        flags = self.guard.flags(total, self.trained_parameters)
+        self.optimizer.step()
+        return terms, total, flags
+
+    def forward_backward(
+        self, inputs: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``Distiller.forward`` and the backward pass of the weighted total (the first step's terms checked first)."""
         terms, total, _ = self.distiller(inputs, labels, indices)
         if self.state.step == 0:
             check_first_terms(terms, {name: spec.type for name, spec in self.recipe.losses.items()})
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(total)
-        step = self.state.step + 1
-        where = self._where or f"step {step}"
-        stop_requested = self._signals is not None and self._signals.requested is not None
-        flags = self.guard.flags(total, self.trained_parameters, stop_requested)
-        self.state.step = step
-        if self.guard.synchronous:
-            verdict = self.guard.read(step, flags, terms, where)
-            if verdict.problem is not None and self.guard.may_skip():
-                self.optimizer.zero_grad(set_to_none=True)
-                self.last_step_applied = False
-                self.log(
-                    f"step {step} ({where}): {verdict.problem}; step skipped "
-                    f"({self.guard.skipped} of skip_nonfinite={self.guard.skip_limit})"
-                )
-                self._stop_agreed = self._stop_agreed or verdict.stop
-                return terms, total
-            self._handle(verdict)
-            self.optimizer.step()
-        else:
-            self.optimizer.step()
-            self._handle(self.guard.defer(step, flags, terms, where))
-        self.last_step_applied = True
         return terms, total
-
 
     def save_checkpoint(self, *, best: bool = False) -> None:
         """Write ``last`` (and ``best``) at the current position, after making sure no bad step precedes it.

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from distill.models.features import FeatureRecord, FeatureShapes
@@ -145,7 +146,16 @@ class DistillLoss(nn.Module):
         """Restore what :meth:`process_state` returned (on the same process index)."""
 
     def start_epoch(self, epoch: int, total_epochs: int) -> None:
-        """Called by the trainer before each main-stage epoch (counted from 1): for schedules such as warm-up."""
+        """Called by the trainer before each main-stage epoch (counted from 1): for schedules such as warm-up.
+
+        The only place a Python value the step reads may change: under ``cuda_graph: true``
+        the step's Python runs once per epoch, when the graph is captured
+        (:mod:`distill.engine.step_graph`), so per-step state belongs in tensors.
+        """
+
+    def random_generators(self) -> list[torch.Generator]:
+        """The private generators the loss draws from inside a step (a CUDA graph registers them). Default: none."""
+        return []
 
     def init_stage(self) -> InitStage | None:
         """The loss's init stage, trained before the main epochs; None (default) for none."""

@@ -220,6 +220,10 @@ class ContrastiveDistillLoss(DistillLoss):
                 self._pending_generator_state = None
         return self._generator
 
+    def random_generators(self) -> list[torch.Generator]:
+        """The negatives generator, once made (by the first draw)."""
+        return [self._generator] if self._generator is not None else []
+
     def process_state(self) -> dict[str, Tensor]:
         """The negatives generator's position (it differs per process); none before the first draw."""
         if self._generator is not None:
