@@ -208,21 +208,73 @@ def distill(*args: str, fault: str = "") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "distill", *args], capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
 
 
-def test_a_run_killed_and_resumed_on_cuda_ends_bit_identical(fake_cifar100, tiny_teacher, tmp_path):
+@pytest.mark.parametrize("graphed", [False, True], ids=["plain", "cuda_graph"])
+def test_a_run_killed_and_resumed_on_cuda_ends_bit_identical(graphed, fake_cifar100, tiny_teacher, tmp_path):
     """CE + CRD, 2 epochs of 4 steps, ``deterministic: true``, device loader, CUDA generators: SIGKILL after step 3,
     ``--resume``, and the final checkpoint (weights, banks, optimiser, RNG states) and metrics equal an
-    uninterrupted run's bit for bit."""
+    uninterrupted run's bit for bit. With ``cuda_graph: true`` (batch 32: 8 steps an epoch, the graph captured
+    at step 4, killed after step 6): the resumed run warms up again on steps the uninterrupted one replayed, so
+    this also holds the replayed step to the plain one, bit for bit."""
     recipe = str(REPO / "recipes/cifar100/crd/resnet32x4-resnet8x4.yaml")
     overrides = resume_overrides(fake_cifar100, tiny_teacher)
+    if graphed:
+        overrides += ["cuda_graph=true", "data.batch_size=32"]
     baseline = distill("train", recipe, *overrides, "--run-dir", str(tmp_path / "baseline"), "--no-tensorboard")
     assert baseline.returncode == 0, baseline.stderr[-3000:]
     killed = distill("train", recipe, *overrides, "--run-dir", str(tmp_path / "killed"), "--no-tensorboard",
-                     fault="kill_after_step=3")  # fmt: skip
+                     fault=f"kill_after_step={6 if graphed else 3}")  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     resumed = distill("train", "--resume", str(tmp_path / "killed"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # The child processes see the GPU, so the Trainer picks it (distill.engine.accelerator.has_accelerator_device).
     assert_same_run(tmp_path / "baseline", tmp_path / "killed")
+
+
+# --- the whole step as one CUDA graph -----------------------------------------------------------
+
+
+GRAPH_SETTINGS = {
+    "fp32": ([], 1e-5),
+    "bf16": (["precision=bf16"], 1e-3),
+    "adamw-fused": (["optimizer.name=adamw", "optimizer.lr=1e-3", "optimizer.fused=true"], 1e-5),
+}  # fmt: skip
+
+
+def graphed_trainer(data_root: Path, teacher: Path, run_dir: Path, *extra: str):
+    from distill.engine.trainer import Trainer
+    from distill.recipe.load import load_recipe
+    from distill.recipe.resolve import resolve_recipe
+
+    overrides = [
+        *resume_overrides(data_root, teacher)[:-2], "data.batch_size=48", "losses.kd={weight: 0.9}", *extra,
+    ]  # fmt: skip
+    recipe = load_recipe(REPO / "recipes/cifar100/crd/resnet32x4-resnet8x4.yaml", overrides)
+    return Trainer(resolve_recipe(recipe), run_dir, tensorboard=False, echo=lambda line: None)
+
+
+@pytest.mark.parametrize("setting", list(GRAPH_SETTINGS))
+def test_a_run_with_cuda_graph_matches_the_plain_step_on_cuda(setting, fake_cifar100, tiny_teacher, tmp_path, no_tf32):
+    """CE + KD + CRD, 2 epochs of 6 steps (256 images, batch 48: the 6th partial, run plainly), the lr dropping
+    after epoch 1: ``cuda_graph: true`` against the plain step. The graph was captured each epoch and replayed;
+    the final weights, banks and optimiser state are within the setting's tolerance of the plain run's (the same
+    kernels, so normally equal), and the negatives' generator is where the plain run's is (its draws replayed)."""
+    from distill.files.rundir import LAST_CHECKPOINT
+
+    extra, tolerance = GRAPH_SETTINGS[setting]
+    plain = graphed_trainer(fake_cifar100, tiny_teacher, tmp_path / "plain", *extra)
+    plain.fit()
+    graphed = graphed_trainer(fake_cifar100, tiny_teacher, tmp_path / "graph", *extra, "cuda_graph=true")
+    graphed.fit()
+    assert graphed.step_graph.captures == 2 and graphed.step_graph.replays == 2 + 4
+    ours = torch.load(tmp_path / "graph" / LAST_CHECKPOINT, weights_only=False)
+    theirs = torch.load(tmp_path / "plain" / LAST_CHECKPOINT, weights_only=False)
+    for part in ("model", "losses"):
+        for key, value in theirs[part].items():
+            torch.testing.assert_close(ours[part][key], value, rtol=tolerance, atol=tolerance, msg=f"{part}.{key}")
+    for key, value in theirs["optimizer"]["state"].items():
+        for name, tensor in value.items():
+            torch.testing.assert_close(ours["optimizer"]["state"][key][name].cpu(), tensor.cpu(), rtol=tolerance, atol=tolerance)
+    assert torch.equal(ours["processes"][0]["losses"]["crd"]["generator"], theirs["processes"][0]["losses"]["crd"]["generator"])
 
 
 # --- memory ---------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@
 #   environment   torch / CUDA / device (environment.json) and nvidia-smi (nvidia-smi.txt) if present
 #   cuda_suite    pytest -m cuda tests/test_cuda_paths.py (cuda_suite.xml, cuda_suite.log, cuda_figures.json)
 #   bench_*       tools/benchmark.py, kd,crd,crd_kd, resnet32x4 -> resnet8x4, batch 64:
-#                 fp32, bf16, bf16_channels_last, then (after the profile) bf16_compile (bench_*.json, bench_*.log);
+#                 fp32, bf16, bf16_channels_last, bf16_cuda_graph (bf16 + channels_last + optimizer.fused +
+#                 cuda_graph: the whole step replayed as one CUDA graph), then (after the profile) bf16_compile
+#                 (bench_*.json, bench_*.log);
 #                 the reference-style loop (fp32 whatever the precision) is timed once, in bench_fp32
 #   profile       one CRD+KD step under torch.profiler (profile_crd_kd.txt, profile.json)
 #   summary       summary.json and summary.md: every part's status and every figure
@@ -102,6 +104,8 @@ BENCH=("$PYTHON" tools/benchmark.py --methods kd,crd,crd_kd --teacher resnet32x4
 part bench_fp32 110 1 "${BENCH[@]}" --json "$OUT/bench_fp32.json" --precision fp32
 part bench_bf16 80 1 "${BENCH[@]}" --json "$OUT/bench_bf16.json" --precision bf16 --no-reference
 part bench_bf16_channels_last 80 1 "${BENCH[@]}" --json "$OUT/bench_bf16_channels_last.json" --precision bf16 --channels-last --no-reference
+part bench_bf16_cuda_graph 80 1 "${BENCH[@]}" --json "$OUT/bench_bf16_cuda_graph.json" --precision bf16 --channels-last \
+    -o optimizer.fused=true -o cuda_graph=true --no-reference
 part profile 60 1 "$PYTHON" tools/device_check.py profile "$OUT" --scratch "$SCRATCH"
 part bench_bf16_compile 150 1 "${BENCH[@]}" --json "$OUT/bench_bf16_compile.json" --precision bf16 --compile --no-reference
 
