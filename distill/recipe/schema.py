@@ -176,6 +176,10 @@ class Recipe:
     memory banks stay float32); ``channels_last`` stores the networks' weights and
     inputs NHWC (faster convolutions on recent GPUs); ``compile`` applies
     ``torch.compile`` with ``compile_backend`` to the student and the teacher.
+    ``async_checkpoint`` writes checkpoint files in a background thread (a CPU copy of
+    the state is taken first, so results do not change) instead of idling the
+    accelerator while ``last.pt``/``best.pt`` go to disk; the run still waits for the
+    write before it stops or ends.
 
     Reliability: a checkpoint is written at the end of every epoch and, with
     ``checkpoint_every_steps: N`` (0: off), every N optimisation steps as well, so a
@@ -201,6 +205,7 @@ class Recipe:
     compile_backend: str = "inductor"
     log_every: int = field(default=50, metadata=positive())
     checkpoint_every_steps: int = field(default=0, metadata=at_least(0))
+    async_checkpoint: bool = False
     skip_nonfinite: int = field(default=0, metadata=at_least(0))
     output_dir: str = "runs"
     plugins: list[str] = field(default_factory=list)
