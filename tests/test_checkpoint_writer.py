@@ -30,6 +30,7 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 CRD_RECIPE = REPO / "recipes/cifar100/crd/resnet32x4-resnet8x4.yaml"
 FAULT_PLUGIN = TESTS / "fault_plugin.py"
+STEP_LOSSES = TESTS / "step_losses.py"
 
 
 def held_back(monkeypatch) -> threading.Event:
@@ -196,3 +197,30 @@ def test_an_async_run_stopped_by_sigterm_mid_epoch_resumes_bit_identical(tiny_ci
     resumed = distill_process("train", "--resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(baseline, run_dir)
+
+
+@pytest.mark.slow
+def test_an_async_runs_failed_write_stops_it_with_atomic_saves_message(tiny_cifar, tiny_teacher, tmp_path, capsys, monkeypatch):
+    full_disk(monkeypatch)  # the step-1 checkpoint fails in the background; the step-2 checkpoint raises it
+    run_dir = tmp_path / "run"
+    overrides = crd_overrides(tiny_cifar, tiny_teacher, "async_checkpoint=true")
+    assert main(["train", str(CRD_RECIPE), *overrides, "--run-dir", str(run_dir), "--no-tensorboard"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"could not write checkpoint {run_dir / 'checkpoints' / 'last.pt'}" in err
+    assert "No space left on device; no earlier last.pt existed" in err and "the disk is full: free space" in err
+    assert not (run_dir / "checkpoints" / "last.pt").exists() and not (run_dir / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_while_a_write_fails_reports_its_own_error_and_logs_the_write(
+    tiny_cifar, tiny_teacher, tmp_path, capsys, monkeypatch
+):
+    full_disk(monkeypatch)  # the step-1 checkpoint fails in the background, then step 2 raises before the next one
+    run_dir = tmp_path / "run"
+    raising = "{type: raises_at_step, weight: 1.0, step: 2}"
+    overrides = crd_overrides(tiny_cifar, tiny_teacher, "async_checkpoint=true", f"plugins=[{FAULT_PLUGIN},{STEP_LOSSES}]")
+    assert main(["train", str(CRD_RECIPE), *overrides, f"losses.bad={raising}", "--run-dir", str(run_dir), "--no-tensorboard"]) == 2
+    err = capsys.readouterr().err
+    assert "IndexError: the plugin indexed past the batch" in err and "could not write checkpoint" not in err
+    log = (run_dir / "log.txt").read_text()
+    assert f"distill: could not write checkpoint {run_dir / 'checkpoints' / 'last.pt'}: No space left on device" in log
