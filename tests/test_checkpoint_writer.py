@@ -23,8 +23,11 @@ from distill.cli.main import main
 from distill.engine import checkpoint as checkpoint_module
 from distill.engine import checkpoint_writer as writer_module
 from distill.engine.checkpoint_writer import CheckpointWriter, snapshot
+from distill.engine.resume import differing_keys
 from distill.engine.signals import EXIT_STOPPED
 from distill.errors import CheckpointError
+from distill.recipe.load import load_recipe
+from distill.recipe.serialize import recipe_to_dict
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -141,6 +144,13 @@ def test_one_write_at_a_time_and_the_synchronous_mode_writes_in_submit(tmp_path,
     inline.submit({"epoch": 3}, [tmp_path / "sync.pt"], "sync")
     assert inline.written == "sync" and inline.in_flight is None
     assert torch.load(tmp_path / "sync.pt", weights_only=True)["epoch"] == 3
+
+
+def test_async_checkpoint_is_result_neutral_so_a_run_resumes_with_it_switched():
+    off, on = (recipe_to_dict(load_recipe(CRD_RECIPE, [f"async_checkpoint={value}"])) for value in ("false", "true"))
+    assert (off["async_checkpoint"], on["async_checkpoint"]) == (False, True)
+    assert differing_keys(off, on) == []
+    assert differing_keys(off, {**on, "seed": 1}) == ["seed"]
 
 
 def crd_overrides(data_root: Path, teacher: Path, *extra: str) -> list[str]:
