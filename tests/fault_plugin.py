@@ -67,6 +67,7 @@ if KIND == "kill_after_save":
     def save_then_kill(self, **kwargs):
         global saves
         original_save(self, **kwargs)
+        self.wait_for_checkpoint()  # with async_checkpoint, "written" means on disk
         saves += 1
         if saves == int(VALUE):
             _kill()

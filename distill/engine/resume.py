@@ -45,6 +45,7 @@ RESULT_NEUTRAL_KEYS = (
     "output_dir",
     "log_every",
     "checkpoint_every_steps",
+    "async_checkpoint",
     "skip_nonfinite",
     "tracking",
     "data.root",

@@ -21,7 +21,8 @@ from accelerate.utils import gather_object
 
 from distill.engine.accelerator import make_accelerator
 from distill.engine.build import build_run
-from distill.engine.checkpoint import atomic_save, checkpoint_payload, load_run_checkpoint, process_state, restore_checkpoint
+from distill.engine.checkpoint import checkpoint_payload, load_run_checkpoint, process_state, restore_checkpoint
+from distill.engine.checkpoint_writer import CheckpointWriter
 from distill.engine.distiller import Distiller
 from distill.engine.evaluate import evaluate
 from distill.engine.guard import NonFiniteError, StepGuard, StepVerdict, check_first_terms, nonfinite_message
@@ -84,6 +85,7 @@ class Trainer:
         seed_everything(self.recipe.seed, self.recipe.deterministic)
         self.directory = RunDirectory(self.accelerator, echo or (lambda line: print(line, flush=True)))
         self.metrics: MetricsWriter | None = None
+        self.checkpoints = CheckpointWriter(background=self.recipe.async_checkpoint)
         try:
             checkpoint = self.directory.decide(run_dir, self.recipe, resolved.teacher_sha256, force=force)  # 1. plan
             self.built = build_run(self.recipe, self.accelerator)  # 2. build: bad input leaves no run directory
@@ -383,6 +385,7 @@ class Trainer:
         Every process takes part (each contributes its own random states).
         """
         self._handle(self.guard.flush())
+        label = f"{self.run_dir / LAST_CHECKPOINT} (epoch {self.state.epoch}, step {self.state.step})"
         processes = [process_state(self.built, self._epoch_sums if self.state.batch > 0 else None)]
         if self.accelerator.num_processes > 1:
             processes = gather_object(processes)
@@ -392,11 +395,16 @@ class Trainer:
                 skipped_steps=self.guard.skipped, metrics_rows=self.metrics.rows if self.metrics else 0,
                 train_seconds=self.train_seconds(), processes=processes,
             )
-            atomic_save(payload, self.run_dir / LAST_CHECKPOINT)
-            if best:
-                atomic_save(payload, self.run_dir / BEST_CHECKPOINT)
+            paths = [self.run_dir / LAST_CHECKPOINT] + ([self.run_dir / BEST_CHECKPOINT] if best else [])
+            self.checkpoints.submit(payload, paths, label)
         self.accelerator.wait_for_everyone()
-        self.last_saved = f"{self.run_dir / LAST_CHECKPOINT} (epoch {self.state.epoch}, step {self.state.step})"
+        self.last_saved = label if self.checkpoints.in_flight is None else f"{label}, still being written"
+
+    def wait_for_checkpoint(self) -> None:
+        """Block until the checkpoint being written (``async_checkpoint``) is on disk; raise if its write failed."""
+        self.checkpoints.wait()
+        if self.checkpoints.written is not None:
+            self.last_saved = self.checkpoints.written
 
     def _handle(self, verdict: StepVerdict | None) -> None:
         """Stop on a non-finite step; note an agreed stop request."""
@@ -409,6 +417,7 @@ class Trainer:
     def _stop(self, where: str) -> None:
         """Checkpoint at the current position (already done when ``where`` is an epoch end) and stop."""
         requested = self._signals.requested if self._signals else None
+        self.wait_for_checkpoint()  # the process must not end before last.pt is whole
         message = stopped_message(requested or "a stop request", where, self.last_saved, self.run_dir)
         raise TrainingStopped(message, signal_name=requested)
 
@@ -427,6 +436,7 @@ class Trainer:
         )
 
     def _finish(self, result: TrainResult) -> None:
+        self.wait_for_checkpoint()
         self.accelerator.wait_for_everyone()
         protocol = f"last epoch of {result.epochs}, one run, seed {self.recipe.seed}"
         self.directory.write_summary(result, protocol)
@@ -438,7 +448,14 @@ class Trainer:
         self.directory.record_end(None)
 
     def _close(self) -> None:
-        """Close the metrics sinks, the log and the lock (whatever way the run ended)."""
+        """Wait for the checkpoint being written, then close the metrics sinks, the log and the lock (whatever way the run ended).
+
+        A failed write is logged, not raised: the run may be ending on another error, which must not be masked.
+        """
+        try:
+            self.wait_for_checkpoint()
+        except Exception as error:  # noqa: BLE001 - reported, the original exception (if any) goes on
+            self.log(f"distill: {error}")
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None

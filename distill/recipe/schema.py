@@ -185,6 +185,10 @@ class Recipe:
     memory update, backward and the optimiser) as one CUDA graph and replays it, so the
     host launches one graph instead of every kernel (one CUDA process, fp32 or bf16;
     :mod:`distill.engine.step_graph`); ``optimizer.fused`` fuses the optimiser's update.
+    ``async_checkpoint`` writes checkpoint files in a background thread (a CPU copy of
+    the state is taken first, so results do not change) instead of idling the
+    accelerator while ``last.pt``/``best.pt`` go to disk; the run still waits for the
+    write before it stops or ends.
 
     Reliability: a checkpoint is written at the end of every epoch and, with
     ``checkpoint_every_steps: N`` (0: off), every N optimisation steps as well, so a
@@ -211,6 +215,7 @@ class Recipe:
     cuda_graph: bool = False
     log_every: int = field(default=50, metadata=positive())
     checkpoint_every_steps: int = field(default=0, metadata=at_least(0))
+    async_checkpoint: bool = False
     skip_nonfinite: int = field(default=0, metadata=at_least(0))
     output_dir: str = "runs"
     plugins: list[str] = field(default_factory=list)
