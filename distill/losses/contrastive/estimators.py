@@ -36,6 +36,7 @@ and ``-ml_cpc_bound(...)``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -107,17 +108,25 @@ def _log_beta_over_alpha(alpha: float, num_candidates: int) -> float:
 
 
 def _ceiling_tensor(num_candidates: int, alpha: float, like: Tensor) -> Tensor:
-    """log(M/α) as a 0-d tensor of ``like``'s dtype, rounded *down* if the cast rounded up.
+    """log(M/α) as a 0-d tensor of ``like``'s dtype and device, rounded *down* if the cast rounded up.
 
     The bounds are computed as ``ceiling − (non-negative terms)``; rounding the
     constant down makes ``bound ≤ log(M/α)`` hold exactly in floating point
-    (compared against the float64 value), not just up to the last bit.
+    (compared against the float64 value), not just up to the last bit. Made once
+    per (M, α, dtype, device) and then reused: a step copies nothing from the host
+    (which a CUDA graph could not capture).
     """
+    return _ceiling_constant(num_candidates, float(alpha), like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)  # an ordinary tensor even if first made under inference mode: it is reused everywhere
+def _ceiling_constant(num_candidates: int, alpha: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     value = cpc_ceiling(num_candidates, alpha)
-    ceiling = torch.tensor(value, dtype=like.dtype)  # on the CPU: no device sync for the check
+    ceiling = torch.tensor(value, dtype=dtype)
     if ceiling.item() > value:
-        ceiling = torch.nextafter(ceiling, torch.tensor(-math.inf, dtype=like.dtype))
-    return ceiling.to(like.device)
+        ceiling = torch.nextafter(ceiling, torch.tensor(-math.inf, dtype=dtype))
+    return ceiling.to(device)
 
 
 # ----------------------------------------------------------------- CRD: Z and NCE
