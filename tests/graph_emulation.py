@@ -12,25 +12,61 @@ a GPU:
   (every int/float/bool attribute of the watched modules, and the optimiser's
   hyper-parameters such as the learning rate), and whatever the step's Python changes
   in them is undone afterwards (a replay runs no Python);
-* **no work at capture:** capturing records the step and runs nothing.
+* **no work at capture, but its Python runs:** capturing runs the step's Python once, as
+  a real capture does, then puts every tensor it changed back (parameters, buffers,
+  optimiser state, generators): the kernels were only recorded;
+* **no host reads during capture:** a step that reads a device value on the host
+  (``.item()``, ``bool(t)``, ``int(t)``, a boolean-mask index, ``nonzero``, ``bincount`` …)
+  fails a real capture; :class:`HostReadDetector` makes it fail here too, by name.
 
-It does not emulate kernels that read a host value mid-step (those fail a real capture)
-or streams. Use: ``GRAPH_BACKENDS["cpu"] = EmulatedGraph`` (monkeypatch), then
+The device is the CPU, so code that picks a CPU-only path (the negatives' ``claim``
+draw) must be pointed at its GPU path by the test. Streams are not emulated. Use: ``GRAPH_BACKENDS["cpu"] = EmulatedGraph`` (monkeypatch), then
 ``trainer.step_graph.graph.watch(trainer.unwrapped, trainer.optimizer)``.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from distill.engine.step_graph import buffer_slots
 
 Scalar = (bool, int, float)
+
+HOST_READS = frozenset({
+    "__bool__", "__int__", "__float__", "__index__", "item", "tolist", "cpu", "numpy", "nonzero", "argwhere",
+    "masked_select", "unique", "unique_consecutive", "bincount",
+})  # fmt: skip
+"""Tensor methods and functions whose result needs a device value on the host (a sync: not capturable)."""
+
+
+def _bool_index(args: tuple) -> bool:
+    """Whether an indexing call's index holds a boolean tensor (a data-dependent shape: a hidden ``nonzero``)."""
+    index = args[1] if len(args) > 1 else None
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(part, torch.Tensor) and part.dtype == torch.bool for part in parts)
+
+
+class HostReadError(RuntimeError):
+    """A step read a device value on the host while it was being captured."""
+
+
+class HostReadDetector(TorchFunctionMode):
+    """Raises :class:`HostReadError` on any call of :data:`HOST_READS`, a boolean-mask index, or one-argument ``where``."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HOST_READS or (name in ("__getitem__", "__setitem__") and _bool_index(args)) or (
+            name == "where" and len(args) + len(kwargs or {}) == 1
+        ):
+            raise HostReadError(f"operation not permitted when stream is capturing (emulated): {name} reads the device on the host")
+        return func(*args, **(kwargs or {}))
 
 
 def python_values(module: nn.Module, optimizer: torch.optim.Optimizer) -> list[tuple[Any, str, Any]]:
@@ -67,10 +103,33 @@ class EmulatedGraph:
 
     def capture(self, body: Callable[[], None], generators: Sequence[torch.Generator]) -> None:
         assert self.module is not None and self.optimizer is not None, "call watch() before training"
-        self.body = body
         self.captured_generators = list(generators)
         self._buffers = buffer_slots(self.module)
         self._frozen = python_values(self.module, self.optimizer)
+        tensors = [*self.module.parameters(), *(tensor for _, _, tensor in self._buffers)]
+        saved = [tensor.detach().clone() for tensor in tensors]
+        optimizer_state = {parameter: copy.deepcopy(state) for parameter, state in self.optimizer.state.items()}
+        generator_states = [generator.get_state() for generator in self.captured_generators]
+        rng = torch.get_rng_state()
+        with HostReadDetector():
+            body()  # the Python of the step runs once; its kernels would only be recorded ...
+        with torch.no_grad():  # ... so what they changed is put back
+            for tensor, value in zip(tensors, saved):
+                tensor.copy_(value)
+            for parameter in list(self.optimizer.state):
+                if parameter not in optimizer_state:
+                    del self.optimizer.state[parameter]
+                    continue
+                for key, value in optimizer_state[parameter].items():
+                    current = self.optimizer.state[parameter][key]
+                    if isinstance(current, torch.Tensor):
+                        current.copy_(value)
+                    else:
+                        self.optimizer.state[parameter][key] = value
+        for generator, state in zip(self.captured_generators, generator_states):
+            generator.set_state(state)
+        torch.set_rng_state(rng)
+        self.body = body
 
     def replay(self) -> None:
         assert self.body is not None, "replay before capture"

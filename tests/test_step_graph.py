@@ -34,6 +34,7 @@ from distill.engine.step_graph import (
 )
 from distill.engine.trainer import Trainer
 from distill.errors import RecipeError
+from distill.losses.contrastive import negatives
 from distill.recipe.load import load_recipe
 from distill.recipe.resolve import resolve_recipe
 
@@ -203,6 +204,25 @@ def test_breaking_the_bookkeeping_changes_the_results_so_the_emulation_can_catch
     assert broken_run() == expected  # and unbroken, the same run matches
 
 
+def test_a_step_that_reads_the_device_on_the_host_cannot_be_captured():
+    class Reading(ToyStep):
+        def __call__(self, inputs, labels, indices):
+            terms, total, flags = super().__call__(inputs, labels, indices)
+            if total.item() > 1e9:  # a host read: a real capture fails on it
+                raise AssertionError("unreachable")
+            return terms, total, flags
+
+    toy = Reading()
+    graphed = StepGraph(toy, toy.module, lambda: [], lambda: EmulatedGraph(torch.device("cpu")))
+    graphed.graph.watch(toy.module, toy.optimizer)
+    graphed.new_epoch()
+    batches = epochs_of_batches(1)[0]
+    for batch in batches[:FIRST_WARMUP_STEPS]:
+        graphed(*batch)  # plain steps may read the host
+    with pytest.raises(GraphCaptureError, match=r"could not be captured.*item reads the device on the host"):
+        graphed(*batches[FIRST_WARMUP_STEPS])
+
+
 def test_a_step_that_cannot_be_captured_names_the_option():
     class Refusing(EmulatedGraph):
         def capture(self, body, generators):
@@ -266,8 +286,7 @@ def overrides(data_root: Path, teacher: Path) -> list[str]:
 RUNS = {
     "kd+crd": ("kd", ["losses.crd={weight: 0.8, num_negatives: 32}"]),
     "dkd-warmup": ("dkd", ["losses.dkd.warmup=2"]),
-    "crd-queue+fused": ("crd", ["losses.crd.bank=queue", "losses.crd.queue_size=48", "losses.crd.num_negatives=16",
-                                "optimizer.fused=true"]),
+    "crd+fused": ("crd", ["losses.crd.num_negatives=16", "optimizer.fused=true"]),
 }  # fmt: skip
 
 
@@ -289,6 +308,7 @@ def test_a_run_on_the_emulated_graph_ends_bit_identical_to_the_plain_step(name, 
     """Three epochs of 7 steps (the 7th partial): the lr drops after epoch 1, DKD's warm-up factor changes at each
     epoch, CRD's banks are replaced at each step and its negatives drawn from a private generator."""
     method, extra = RUNS[name]
+    monkeypatch.setattr(negatives, "CPU_METHOD", "topk")  # the negatives' GPU draw, which reads nothing on the host
     plain = train_run(method, extra, tiny_cifar, tiny_teacher, tmp_path / "plain", graphed=False)
     monkeypatch.setitem(GRAPH_BACKENDS, "cpu", EmulatedGraph)
     graphed = train_run(method, extra, tiny_cifar, tiny_teacher, tmp_path / "graph", graphed=True)
@@ -301,3 +321,50 @@ def test_a_run_on_the_emulated_graph_ends_bit_identical_to_the_plain_step(name, 
     assert_same_run(tmp_path / "plain", tmp_path / "graph")  # weights, banks, optimiser, schedule, metrics: bit for bit
     generators = [final_state(tmp_path / run)["processes"][0]["losses"] for run in ("plain", "graph")]
     assert_same_tensors(*generators, "the losses' generators")
+
+
+# --- which steps can be captured --------------------------------------------------------------
+
+SHIPPED_METHODS = sorted(path.parent.name for path in (REPO / "recipes/cifar100").glob("*/resnet32x4-resnet8x4.yaml"))
+NOT_CAPTURABLE = {
+    "bank=queue": (["losses.crd.bank=queue", "losses.crd.queue_size=48"], "__int__"),
+}
+"""Settings whose step reads the device on the host (README "Speed" lists them): the queue's negatives count
+the eligible entries of each row to choose between drawing with and without replacement."""
+
+
+def captured_steps(method: str, data_root: Path, teacher: Path, *extra: str) -> StepGraph:
+    """Six steps of the method's shipped recipe (resnet14 → resnet8, batch 16) on the emulated graph."""
+    overrides = [f"data.root={data_root}", "data.verify=false", "data.download=false", "data.num_workers=0",
+                 f"data.batch_size={BATCH}", "student.arch=resnet8", "cuda_graph=true", *extra]  # fmt: skip
+    if method != "vanilla":
+        overrides += ["teacher.name=null", "teacher.arch=resnet14", f"teacher.checkpoint={teacher}"]
+    recipe = load_recipe(REPO / f"recipes/cifar100/{method}/resnet32x4-resnet8x4.yaml", overrides)
+    trainer = Trainer(resolve_recipe(recipe), tensorboard=False, echo=lambda line: None, dry_run=True)
+    trainer.step_graph.graph.watch(trainer.unwrapped, trainer.optimizer)
+    trainer.distiller.train()
+    trainer.train_loader.set_epoch(1)
+    for _, batch in zip(range(6), trainer.train_loader):
+        trainer.train_step(*batch)
+    return trainer.step_graph
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", SHIPPED_METHODS)
+def test_every_shipped_method_can_be_captured(method, tiny_cifar, tiny_teacher, monkeypatch):
+    """The emulated capture runs the step's Python once and fails on any host read: every shipped recipe's step
+    (its losses, views, heads and banks) is captured and replayed."""
+    monkeypatch.setitem(GRAPH_BACKENDS, "cpu", EmulatedGraph)
+    monkeypatch.setattr(negatives, "CPU_METHOD", "topk")
+    graphed = captured_steps(method, tiny_cifar, tiny_teacher)
+    assert (graphed.captures, graphed.replays) == (1, 6 - FIRST_WARMUP_STEPS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", list(NOT_CAPTURABLE))
+def test_a_setting_whose_step_reads_the_host_fails_the_capture_by_name(setting, tiny_cifar, tiny_teacher, monkeypatch):
+    monkeypatch.setitem(GRAPH_BACKENDS, "cpu", EmulatedGraph)
+    monkeypatch.setattr(negatives, "CPU_METHOD", "topk")
+    extra, read = NOT_CAPTURABLE[setting]
+    with pytest.raises(GraphCaptureError, match=rf"could not be captured.*losses\.crd.*{read} reads the device on the host"):
+        captured_steps("crd", tiny_cifar, tiny_teacher, *extra)

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.data.views import SharedViews, TwoViews
-from distill.errors import DistillError, RecipeError
+from distill.errors import DistillError, LossError, RecipeError
 
 StepInputs = Tensor | TwoViews | SharedViews
 StepResult = tuple[dict[str, Tensor], Tensor, Tensor]
@@ -282,7 +282,7 @@ class StepGraph:
 
         try:
             self.graph.capture(body, list(self.generators()))
-        except RuntimeError as error:
+        except (RuntimeError, LossError) as error:  # a loss's failure comes named (distill.engine.distiller._term)
             self.graph.reset()
             raise GraphCaptureError(
                 f"cuda_graph: true: the training step could not be captured as a CUDA graph ({error}). A loss that reads "
