@@ -253,7 +253,8 @@ class DeviceLoader:
         )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor | TwoViews | SharedViews, torch.Tensor, torch.Tensor]]:
-        order = self.order().to(self.device)
+        host_order = self.order()  # the views' per-image seeds read it here, not from the device (no sync per batch)
+        order = host_order.to(self.device)
         valid = order >= 0
         gather = order.clamp(min=0)
         labels = torch.where(valid, self.labels[gather], IGNORED_LABEL)
@@ -280,7 +281,7 @@ class DeviceLoader:
                 inputs = normalize_batch(images, self.mean, self.std, channels_last=self.channels_last)
             if self.views is not None:
                 inputs = self.views.inputs(
-                    inputs, images, self.epoch, order[start:stop].tolist(), self.mean, self.std,
+                    inputs, images, self.epoch, host_order[start:stop].tolist(), self.mean, self.std,
                     channels_last=self.channels_last,
                 )
             yield inputs, labels[start:stop], order[start:stop]
