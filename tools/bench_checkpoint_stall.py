@@ -25,19 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from distill.data import write_fake_cifar  # noqa: E402
+from crd_bench_setup import CRD_RECIPE, crd_setup, synchronize  # noqa: E402
+
 from distill.engine.trainer import Trainer  # noqa: E402
-from distill.models import create_model  # noqa: E402
 from distill.recipe.load import load_recipe  # noqa: E402
 from distill.recipe.resolve import resolve_recipe  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-RECIPE = REPO / "recipes/cifar100/crd/resnet32x4-resnet8x4.yaml"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(device: torch.device, work) -> float:
@@ -51,7 +43,7 @@ def timed(device: torch.device, work) -> float:
 
 def measure(root: Path, overrides: list[str], background: bool, repeats: int, steps: int) -> dict[str, list[float]]:
     """The stall of each ``save_checkpoint`` call; with ``background``, the write's remaining time and the steps beside it."""
-    recipe = load_recipe(RECIPE, [*overrides, f"async_checkpoint={str(background).lower()}"])
+    recipe = load_recipe(CRD_RECIPE, [*overrides, f"async_checkpoint={str(background).lower()}"])
     trainer = Trainer(resolve_recipe(recipe), root / f"run-{background}", tensorboard=False, echo=lambda line: None)
     device = trainer.accelerator.device
     trainer.train_loader.set_epoch(1)
@@ -82,13 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        write_fake_cifar(root / "cifar", num_classes=100, train_size=args.train_size, test_size=100, seed=0)
-        overrides = [
-            f"data.root={root / 'cifar'}", "data.verify=false", "data.num_workers=0",
-            "teacher.name=null", "teacher.arch=resnet32x4", f"teacher.checkpoint={root / 'teacher.pth'}", *args.overrides,
-        ]
-        torch.manual_seed(0)
-        torch.save({"model": create_model("resnet32x4").state_dict()}, root / "teacher.pth")
+        overrides = [*crd_setup(root, train_size=args.train_size), *args.overrides]
         results = {mode: measure(root, overrides, mode, args.repeats, args.steps) for mode in (False, True)}
         size = (root / "run-True" / "checkpoints" / "last.pt").stat().st_size
     print(f"torch {torch.__version__}; checkpoint {size / 2**20:.1f} MiB; median of {args.repeats} checkpoints per mode")

@@ -21,19 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from distill.data import write_fake_cifar  # noqa: E402
+from crd_bench_setup import CRD_RECIPE, crd_setup, synchronize  # noqa: E402
+
 from distill.engine.trainer import Trainer  # noqa: E402
-from distill.models import create_model  # noqa: E402
 from distill.recipe.load import load_recipe  # noqa: E402
 from distill.recipe.resolve import resolve_recipe  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-RECIPE = REPO / "recipes/cifar100/crd/resnet32x4-resnet8x4.yaml"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -43,14 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        write_fake_cifar(root / "cifar", num_classes=100, train_size=64 * (args.steps + 2), test_size=100, seed=0)
-        overrides = [
-            f"data.root={root / 'cifar'}", "data.verify=false", "data.num_workers=0",
-            "teacher.name=null", "teacher.arch=resnet32x4", f"teacher.checkpoint={root / 'teacher.pth'}", *args.overrides,
-        ]
-        recipe = load_recipe(RECIPE, overrides)
-        torch.manual_seed(0)
-        torch.save({"model": create_model(recipe.teacher.arch).state_dict()}, root / "teacher.pth")
+        recipe = load_recipe(CRD_RECIPE, [*crd_setup(root, train_size=64 * (args.steps + 2)), *args.overrides])
         trainer = Trainer(resolve_recipe(recipe), root / "run", tensorboard=False, echo=lambda line: None)
         device = trainer.accelerator.device
         trainer.train_loader.set_epoch(1)
