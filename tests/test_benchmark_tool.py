@@ -150,3 +150,37 @@ def test_no_reference_times_the_fast_path_only(benchmark_tool, tmp_path, capsys)
     assert report["summary"]["fast_over_reference_images_per_s"] == {}
     assert set(report["summary"]["crd_over_kd_step_time"]) == {"fast"}
     assert "reference not timed: --no-reference" in printed and "CRD/KD step-time ratio (median): fast" in printed
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_the_operator_count_reports_each_method():
+    import re
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "count_step_ops.py"), "--methods", "crd,crd_kd", "--teacher", "resnet14",
+         "--student", "resnet8", "--train-size", "256", "--batch-size", "16", "--steps", "1", "--warmup", "1",
+         "-o", "losses.crd.num_negatives=64"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    counts = dict(re.findall(r"^(\w+): (\d+) operators per step \(kernel launches: CUDA only\)$", result.stdout, re.M))
+    assert set(counts) == {"crd", "crd_kd"}
+    assert 50 < int(counts["crd"]) < int(counts["crd_kd"])  # the KD term adds its softmaxes and their backward
+
+
+def test_leaf_operators_count_what_runs_a_kernel():
+    import importlib
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(REPO / "tools"))
+    count_step_ops = importlib.import_module("count_step_ops")
+
+    def op(name, *children):
+        return SimpleNamespace(name=name, cpu_children=list(children))
+
+    mm = op("aten::mm")
+    linear = op("aten::linear", op("aten::t"), op("aten::addmm"))
+    events = [linear, *linear.cpu_children, mm, op("aten::view"), op("aten::add_"), op("aten::add_"), op("cudaLaunchKernel")]
+    assert count_step_ops.leaf_operators(events) == {"aten::addmm": 1, "aten::mm": 1, "aten::add_": 2}
