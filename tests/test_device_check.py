@@ -18,7 +18,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "tools" / "device_check.sh"
-CUDA_PARTS = ["bench_fp32", "bench_bf16", "bench_bf16_channels_last", "bench_bf16_cuda_graph", "profile", "bench_bf16_compile"]
+CUDA_PARTS = ["bench_fp32", "bench_bf16", "bench_bf16_channels_last", "bench_bf16_cuda_graph", "profile", "launches_cuda_graph",
+              "bench_bf16_compile"]
 
 sys.path.insert(0, str(REPO / "tools"))
 import device_check  # noqa: E402

@@ -56,7 +56,8 @@ def leaf_operators(events) -> Counter:
 def count(method: str, args: argparse.Namespace, scratch: Path) -> dict:
     bench_args = benchmark.parse_args(
         ["--methods", method, "--workers", "0", "--batch-size", str(args.batch_size), "--train-size", str(args.train_size),
-         "--teacher", args.teacher, "--student", args.student, *[f"--override={override}" for override in args.override]]
+         "--teacher", args.teacher, "--student", args.student, *[f"--override={override}" for override in args.override],
+         *(["--data-root", args.data_root] if args.data_root else [])]
     )  # fmt: skip
     data_root, _ = benchmark.prepare_data(bench_args, scratch)
     teacher = benchmark.write_random_teacher(bench_args.teacher, scratch)
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=50000, help="fake CIFAR-100 images (CRD's bank rows)")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=4, help="steps before profiling (a cuda_graph step captures in them)")
+    parser.add_argument("--data-root", help="reuse (or write once) the fake CIFAR-100 here instead of a temp dir")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="key.path=value")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"

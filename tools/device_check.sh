@@ -12,6 +12,8 @@
 #                 (bench_*.json, bench_*.log);
 #                 the reference-style loop (fp32 whatever the precision) is timed once, in bench_fp32
 #   profile       one CRD+KD step under torch.profiler (profile_crd_kd.txt, profile.json)
+#   launches_cuda_graph  tools/count_step_ops.py: operators and kernel launches per CRD+KD step with cuda_graph
+#                 (launches_cuda_graph.log; the plain step's launches are in profile.json)
 #   summary       summary.json and summary.md: every part's status and every figure
 # Every part runs under a time limit within an overall budget (DEVICE_CHECK_BUDGET_S, default 450 s:
 # under 8 minutes with the summary); a part that fails is reported and the next one runs. Without
@@ -107,6 +109,8 @@ part bench_bf16_channels_last 80 1 "${BENCH[@]}" --json "$OUT/bench_bf16_channel
 part bench_bf16_cuda_graph 80 1 "${BENCH[@]}" --json "$OUT/bench_bf16_cuda_graph.json" --precision bf16 --channels-last \
     -o optimizer.fused=true -o cuda_graph=true --no-reference
 part profile 60 1 "$PYTHON" tools/device_check.py profile "$OUT" --scratch "$SCRATCH"
+part launches_cuda_graph 60 1 "$PYTHON" tools/count_step_ops.py --methods crd_kd --data-root "$SCRATCH/data" \
+    -o precision=bf16 -o channels_last=true -o optimizer.fused=true -o cuda_graph=true
 part bench_bf16_compile 150 1 "${BENCH[@]}" --json "$OUT/bench_bf16_compile.json" --precision bf16 --compile --no-reference
 
 say "summary …"
