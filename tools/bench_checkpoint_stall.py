@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from crd_bench_setup import CRD_RECIPE, crd_setup, synchronize  # noqa: E402
+from crd_bench_setup import CRD_RECIPE, crd_setup, synchronize, write_random_teacher  # noqa: E402
 
 from distill.engine.trainer import Trainer  # noqa: E402
 from distill.recipe.load import load_recipe  # noqa: E402
@@ -75,6 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         overrides = [*crd_setup(root, train_size=args.train_size), *args.overrides]
+        write_random_teacher(root, load_recipe(CRD_RECIPE, overrides).teacher.arch)
         results = {mode: measure(root, overrides, mode, args.repeats, args.steps) for mode in (False, True)}
         size = (root / "run-True" / "checkpoints" / "last.pt").stat().st_size
     print(f"torch {torch.__version__}; checkpoint {size / 2**20:.1f} MiB; median of {args.repeats} checkpoints per mode")

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from crd_bench_setup import CRD_RECIPE, crd_setup, synchronize  # noqa: E402
+from crd_bench_setup import CRD_RECIPE, crd_setup, synchronize, write_random_teacher  # noqa: E402
 
 from distill.engine.trainer import Trainer  # noqa: E402
 from distill.recipe.load import load_recipe  # noqa: E402
@@ -36,6 +36,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         recipe = load_recipe(CRD_RECIPE, [*crd_setup(root, train_size=64 * (args.steps + 2)), *args.overrides])
+        write_random_teacher(root, recipe.teacher.arch)
         trainer = Trainer(resolve_recipe(recipe), root / "run", tensorboard=False, echo=lambda line: None)
         device = trainer.accelerator.device
         trainer.train_loader.set_epoch(1)

@@ -24,12 +24,20 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def crd_setup(root: Path, train_size: int, teacher_arch: str = "resnet32x4") -> list[str]:
-    """Write a fake CIFAR-100 of ``train_size`` images and a random ``teacher_arch`` under ``root``; their overrides."""
+def crd_setup(root: Path, train_size: int) -> list[str]:
+    """Write a fake CIFAR-100 of ``train_size`` images under ``root``; the overrides that point at it and the teacher.
+
+    The teacher file, ``root/teacher.pth``, is written by :func:`write_random_teacher`
+    once the recipe (and so the teacher's architecture, resnet32x4 unless overridden) is known.
+    """
     write_fake_cifar(root / "cifar", num_classes=100, train_size=train_size, test_size=100, seed=0)
-    torch.manual_seed(0)
-    torch.save({"model": create_model(teacher_arch).state_dict()}, root / "teacher.pth")
     return [
         f"data.root={root / 'cifar'}", "data.verify=false", "data.num_workers=0",
-        "teacher.name=null", f"teacher.arch={teacher_arch}", f"teacher.checkpoint={root / 'teacher.pth'}",
+        "teacher.name=null", "teacher.arch=resnet32x4", f"teacher.checkpoint={root / 'teacher.pth'}",
     ]  # fmt: skip
+
+
+def write_random_teacher(root: Path, arch: str) -> None:
+    """``root/teacher.pth``: random weights of ``arch`` (a step's speed does not depend on them)."""
+    torch.manual_seed(0)
+    torch.save({"model": create_model(arch).state_dict()}, root / "teacher.pth")

@@ -330,7 +330,7 @@ class Trainer:
         """
         step = self.state.step + 1
         where = self._where or f"step {step}"
-        self.guard.mark_stop(self._signals is not None and self._signals.requested is not None)
+        self.note_stop_request()  # a replayed graph runs no Python: it reads the flag as it stands now
         if not self.guard.synchronous:
             terms, total, flags = (self.step_graph or self.device_step)(inputs, labels, indices)
             self.state.step = step
@@ -338,6 +338,7 @@ class Trainer:
             self.last_step_applied = True
             return terms, total
         terms, total = self.forward_backward(inputs, labels, indices)
+        self.note_stop_request()
         flags = self.guard.flags(total, self.trained_parameters)
         self.state.step = step
         verdict = self.guard.read(step, flags, terms, where)
@@ -364,9 +365,14 @@ class Trainer:
         terms, the total and the flags, for the guard to read one step later.
         """
         terms, total = self.forward_backward(inputs, labels, indices)
+        self.note_stop_request()  # a signal that came during this step's forward or backward counts in this step
         flags = self.guard.flags(total, self.trained_parameters)
         self.optimizer.step()
         return terms, total, flags
+
+    def note_stop_request(self) -> None:
+        """Put a pending stop request (SIGTERM/SIGINT, the constructor's ``stop_signals``) into the guard's device flag."""
+        self.guard.mark_stop(self._signals is not None and self._signals.requested is not None)
 
     def forward_backward(
         self, inputs: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
