@@ -28,6 +28,10 @@ plain step does exact:
 * **Random draws.** The negatives' private generators (:meth:`DistillLoss.random_generators`)
   are registered with the graph, so each replay draws fresh numbers and the
   generators' states, which checkpoints save, advance as in the plain step.
+* **Stop requests.** The guard's stop flag is a device tensor the graph reads; the trainer
+  sets it before each step. A signal that arrives while a replayed step runs is therefore
+  seen by the next step (the plain step sees it in the same step); either way the run
+  checkpoints and stops after the step that saw it.
 
 What cannot be captured is refused before the run starts (:func:`check_graphable`): a
 step that syncs with the host (fp16's grad scaler, ``skip_nonfinite``), several
