@@ -274,13 +274,18 @@ def test_cuda_graph_on_a_cpu_is_refused_with_exit_2_and_no_run_directory(tiny_ci
 # --- whole runs on the emulated graph --------------------------------------------------
 
 
+def small_run(data_root: Path, teacher: Path | None) -> list[str]:
+    """The tiny data, resnet8 as the student and (unless ``teacher`` is None) resnet14 from ``teacher``."""
+    overrides = [f"data.root={data_root}", "data.verify=false", "data.download=false", "data.num_workers=0",
+                 f"data.batch_size={BATCH}", "student.arch=resnet8"]  # fmt: skip
+    if teacher is not None:
+        overrides += ["teacher.name=null", "teacher.arch=resnet14", f"teacher.checkpoint={teacher}"]
+    return overrides
+
+
 def overrides(data_root: Path, teacher: Path) -> list[str]:
-    return [
-        f"data.root={data_root}", "data.verify=false", "data.download=false", "data.num_workers=0",
-        f"data.batch_size={BATCH}", "student.arch=resnet8", "teacher.name=null", "teacher.arch=resnet14",
-        f"teacher.checkpoint={teacher}", "schedule.epochs=3", "schedule.milestones=[1]", "schedule.gamma=0.1",
-        "log_every=2",
-    ]  # fmt: skip
+    """:func:`small_run` for 3 epochs, the lr dropping after the first."""
+    return [*small_run(data_root, teacher), "schedule.epochs=3", "schedule.milestones=[1]", "schedule.gamma=0.1", "log_every=2"]
 
 
 RUNS = {
@@ -335,10 +340,7 @@ the eligible entries of each row to choose between drawing with and without repl
 
 def captured_steps(method: str, data_root: Path, teacher: Path, *extra: str) -> StepGraph:
     """Six steps of the method's shipped recipe (resnet14 → resnet8, batch 16) on the emulated graph."""
-    overrides = [f"data.root={data_root}", "data.verify=false", "data.download=false", "data.num_workers=0",
-                 f"data.batch_size={BATCH}", "student.arch=resnet8", "cuda_graph=true", *extra]  # fmt: skip
-    if method != "vanilla":
-        overrides += ["teacher.name=null", "teacher.arch=resnet14", f"teacher.checkpoint={teacher}"]
+    overrides = [*small_run(data_root, None if method == "vanilla" else teacher), "cuda_graph=true", *extra]
     recipe = load_recipe(REPO / f"recipes/cifar100/{method}/resnet32x4-resnet8x4.yaml", overrides)
     trainer = Trainer(resolve_recipe(recipe), tensorboard=False, echo=lambda line: None, dry_run=True)
     trainer.step_graph.graph.watch(trainer.unwrapped, trainer.optimizer)

@@ -242,10 +242,6 @@ class StepGraph:
         self._names: list[str] = []
         self._keepalive: list[Tensor | None] = []
 
-    @property
-    def captured(self) -> bool:
-        return self._static is not None
-
     def new_epoch(self) -> None:
         """Drop the graph: the learning rate and the losses' epoch values it froze may have changed."""
         if self._static is not None:

@@ -330,7 +330,8 @@ class Trainer:
         """
         step = self.state.step + 1
         where = self._where or f"step {step}"
-        self.note_stop_request()  # a replayed graph runs no Python: it reads the flag as it stands now
+        if self.step_graph is not None:
+            self.note_stop_request()  # a replayed graph runs no Python: it reads the flag as it stands now
         if not self.guard.synchronous:
             terms, total, flags = (self.step_graph or self.device_step)(inputs, labels, indices)
             self.state.step = step
